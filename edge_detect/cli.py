@@ -1,0 +1,133 @@
+"""The ``edge-detect`` command: one entry point, one subcommand per job.
+
+Runtime subcommands live in ``edge_detect``; workstation subcommands (``data``, ``train``,
+``export``) come from the checkout's ``train/`` and ``export/`` folders when they are there, so a
+device install never needs them. stdout carries only results (alerts, tables); logs go to stderr.
+
+A subcommand module provides ``register(subparsers)``, which adds its parser and sets
+``func=handler`` with ``handler(args) -> int`` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edge_detect import __version__
+from edge_detect.errors import EdgeDetectError
+
+__all__ = ["main"]
+
+log = logging.getLogger("edge_detect")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# Runtime subcommands: modules of edge_detect that provide register(subparsers).
+RUNTIME_COMMAND_MODULES: tuple[str, ...] = ()
+
+# Workstation subcommands: (module in the checkout, names it registers, what it needs).
+WORKSTATION_COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("train.cli", ("data", "train")),
+    ("export.cli", ("export",)),
+)
+
+
+def checkout_root() -> Path | None:
+    """The source checkout that holds ``train/`` and ``export/``, if we run from one.
+
+    An editable install (``pip install -e .``) places ``edge_detect`` inside the checkout; a plain
+    install does not, then the current directory is tried.
+    """
+    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "train" / "__init__.py").is_file() and (candidate / "edge_detect").is_dir():
+            return candidate
+    return None
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every default in --help and keeps description line breaks."""
+
+
+def _register_workstation(subparsers: argparse._SubParsersAction) -> None:
+    root = checkout_root()
+    for module_name, names in WORKSTATION_COMMAND_MODULES:
+        module = None
+        if root is not None:
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                log.debug("cannot import %s: %s", module_name, exc)
+        if module is not None and hasattr(module, "register"):
+            module.register(subparsers, _HelpFormatter)
+            continue
+        for name in names:
+            parser = subparsers.add_parser(
+                name, help=f"(workstation) {name}: needs a source checkout with the [train] extra"
+            )
+            parser.set_defaults(func=_needs_checkout(name))
+
+
+def _needs_checkout(name: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise EdgeDetectError(
+            f"'edge-detect {name}' is a workstation tool: run it from a source checkout with the "
+            "training extras installed: pip install torch==2.13.0 && pip install -e '.[train]'"
+        )
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-detect",
+        description="Detect rare sound events (dog bark, baby cry, gunshot) and send alerts.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edge-detect {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="verbose logs on stderr, tracebacks on errors"
+    )
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in RUNTIME_COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers, _HelpFormatter)
+    _register_workstation(subparsers)
+    return parser
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input or usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    _configure_logging(debug, "--quiet" in argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except EdgeDetectError as exc:
+        if debug:
+            log.exception("failed")
+        print(f"edge-detect: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
