@@ -56,19 +56,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def _register_workstation(subparsers: argparse._SubParsersAction) -> None:
     root = checkout_root()
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     for module_name, names in WORKSTATION_COMMAND_MODULES:
-        module = None
         if root is not None:
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
             try:
-                module = importlib.import_module(module_name)
+                importlib.import_module(module_name).register(subparsers, _HelpFormatter)
             except ImportError as exc:
-                log.debug("cannot import %s: %s", module_name, exc)
-        if module is not None and hasattr(module, "register"):
-            module.register(subparsers, _HelpFormatter)
-            continue
+                log.debug("workstation commands of %s unavailable: %s", module_name, exc)
         for name in names:
+            if name in subparsers.choices:
+                continue
             parser = subparsers.add_parser(
                 name, help=f"(workstation) {name}: needs a source checkout with the [train] extra"
             )
