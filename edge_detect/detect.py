@@ -4,12 +4,16 @@ per-class state machine that turns frame scores into events."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from edge_detect.errors import ConfigError
 
-__all__ = ["ClassDetection"]
+__all__ = ["ClassDetection", "ClassDetector", "Detector", "Event"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +68,202 @@ class ClassDetection:
                 value = float(value)
             kwargs[key] = value
         return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One detected event of one class, in frames of the feature stream.
+
+    ``kind`` is ``'onset'`` when the event is confirmed (it is still going on; ``end_frame`` is
+    the confirming frame + 1) and ``'end'`` when its score fell below ``threshold_off`` or the
+    stream ended (``end_frame`` exclusive).
+    """
+
+    label: str
+    kind: str
+    start_frame: int
+    """First frame whose smoothed score reached ``threshold_on``."""
+    end_frame: int
+    """One past the last frame of the event (so far, for an onset)."""
+    peak_score: float
+    """Highest smoothed score from ``start_frame`` to ``end_frame``."""
+
+    @property
+    def num_frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+
+def _ms_to_frames(ms: float, hop_ms: float) -> int:
+    return int(round(ms / hop_ms))
+
+
+class ClassDetector:
+    """The state machine of one class: smoothing, hysteresis, confirmation, refractory time.
+
+    States: *idle* (score below ``threshold_on``, or in the refractory time), *pending* (score at
+    or above ``threshold_on`` for fewer than the confirm frames), *active* (confirmed; ends on the
+    first frame whose smoothed score is below ``threshold_off``). Settings in ms/s are turned into
+    frames once, here.
+
+    Parameters
+    ----------
+    label : str
+    settings : ClassDetection
+    hop_ms : float
+        Distance between feature frames, in ms (``FeatureConfig.hop_ms``).
+    """
+
+    def __init__(self, label: str, settings: ClassDetection, hop_ms: float) -> None:
+        if not hop_ms > 0:
+            raise ConfigError(f"hop_ms must be > 0, got {hop_ms}")
+        self.label = label
+        self.settings = settings
+        self.smoothing_frames = max(1, _ms_to_frames(settings.smoothing_ms, hop_ms))
+        self.confirm_frames = max(1, _ms_to_frames(settings.confirm_ms, hop_ms))
+        self.refractory_frames = _ms_to_frames(settings.refractory_s * 1000.0, hop_ms)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the score history and any event in progress (start of a new stream)."""
+        self._ring = [0.0] * self.smoothing_frames
+        self._filled = 0
+        self._pos = 0
+        self.frame = 0
+        """Index of the next frame to be processed."""
+        self.smoothed = 0.0
+        """Smoothed score of the last processed frame."""
+        self._above = 0  # consecutive frames at or above threshold_on (idle/pending)
+        self._active = False
+        self._start = 0
+        self._peak = 0.0
+        self._blocked_until = 0  # first frame after the refractory time
+
+    @property
+    def active(self) -> bool:
+        """True while a confirmed event is going on."""
+        return self._active
+
+    @property
+    def busy(self) -> bool:
+        """True while an event is going on or pending, or the score is not below threshold_off."""
+        return self._active or self._above > 0 or self.smoothed >= self.settings.threshold_off
+
+    def update(self, score: float) -> Event | None:
+        """Process the score of one frame; return the event it starts or ends, if any."""
+        # Trailing moving average; the sum is recomputed, not accumulated, so float error cannot
+        # drift over a stream of days.
+        self._ring[self._pos] = float(score)
+        self._pos = (self._pos + 1) % self.smoothing_frames
+        self._filled = min(self._filled + 1, self.smoothing_frames)
+        smoothed = sum(self._ring) / self._filled
+        self.smoothed = smoothed
+        frame = self.frame
+        self.frame += 1
+        s = self.settings
+        if self._active:
+            if smoothed < s.threshold_off:
+                return self._finish(frame)
+            self._peak = max(self._peak, smoothed)
+            return None
+        if not s.enabled or frame < self._blocked_until or smoothed < s.threshold_on:
+            self._above = 0
+            return None
+        if self._above == 0:
+            self._start = frame
+            self._peak = smoothed
+        else:
+            self._peak = max(self._peak, smoothed)
+        self._above += 1
+        if self._above < self.confirm_frames:
+            return None
+        self._active = True
+        self._above = 0
+        return Event(self.label, "onset", self._start, frame + 1, self._peak)
+
+    def _finish(self, end_frame: int) -> Event:
+        self._active = False
+        self._blocked_until = end_frame + self.refractory_frames
+        return Event(self.label, "end", self._start, end_frame, self._peak)
+
+    def flush(self) -> Event | None:
+        """End the event in progress, if any, at the current frame (end of stream)."""
+        if self._active:
+            return self._finish(self.frame)
+        self._above = 0
+        return None
+
+
+class Detector:
+    """Per-class state machines for all classes of a model.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Class names, in the order of the model's score columns.
+    settings : mapping label -> ClassDetection
+        Settings per class; a label absent from it gets ``ClassDetection()`` defaults. A
+        ``background`` class is normally present with ``enabled=False``.
+    hop_ms : float
+        Distance between feature frames, in ms.
+    """
+
+    def __init__(
+        self, labels: Sequence[str], settings: Mapping[str, ClassDetection], hop_ms: float
+    ) -> None:
+        unknown = sorted(set(settings) - set(labels))
+        if unknown:
+            raise ConfigError(
+                f"detection settings for unknown class(es) {unknown}; the model's classes are "
+                f"{list(labels)}"
+            )
+        self.labels = list(labels)
+        self.hop_ms = hop_ms
+        self.classes = [
+            ClassDetector(label, settings.get(label, ClassDetection()), hop_ms) for label in labels
+        ]
+        self.quiet_frames = 0
+        """Consecutive frames (up to now) in which no class was busy (see ClassDetector.busy)."""
+
+    @property
+    def frame(self) -> int:
+        """Index of the next frame to be processed."""
+        return self.classes[0].frame if self.classes else 0
+
+    def reset(self) -> None:
+        for detector in self.classes:
+            detector.reset()
+        self.quiet_frames = 0
+
+    def process(self, scores: npt.ArrayLike) -> list[Event]:
+        """Feed the scores of consecutive frames.
+
+        Parameters
+        ----------
+        scores : array, shape (frames, classes)
+            Probabilities in [0, 1], columns in the order of ``labels``.
+
+        Returns
+        -------
+        list of Event
+            Onsets and ends, in frame order (by class within a frame).
+        """
+        array = np.asarray(scores, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != len(self.classes):
+            raise ValueError(
+                f"expected scores of shape (frames, {len(self.classes)}), got {array.shape}"
+            )
+        events: list[Event] = []
+        for row in array.tolist():
+            busy = False
+            for detector, score in zip(self.classes, row, strict=True):
+                event = detector.update(score)
+                if event is not None:
+                    events.append(event)
+                busy = busy or (detector.settings.enabled and detector.busy)
+            self.quiet_frames = 0 if busy else self.quiet_frames + 1
+        return events
+
+    def flush(self) -> list[Event]:
+        """End every event in progress (end of stream, shutdown)."""
+        events = [e for e in (d.flush() for d in self.classes) if e is not None]
+        return events
