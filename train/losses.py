@@ -1,0 +1,356 @@
+"""Losses: the cluster-centroid embedding loss for rare events and its baselines.
+
+The method (issue 3): every class is split into about equally sized clusters, the loss keeps a
+running centroid per cluster and compares each embedding with those K centroids only -- never
+with the other N embeddings -- so its cost and memory do not grow with the dataset. Baselines
+share one interface: ``loss(logits (N, C), targets (N,)) -> scalar``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_detect.errors import TrainingError
+
+__all__ = [
+    "BASELINE_METHODS",
+    "ClusterCentroidLoss",
+    "FocalLoss",
+    "LogitAdjustedLoss",
+    "check_finite",
+    "classification_loss",
+    "clusters_per_class",
+    "inverse_frequency_weights",
+    "kmeans",
+]
+
+MIN_EXAMPLES_PER_CLASS = 2
+"""A class needs at least this many training examples: one example has no spread, so neither a
+centroid nor a validation split of it means anything."""
+
+BASELINE_METHODS = ("weighted_ce", "ce", "logit_adjusted", "focal")
+
+
+def check_finite(tensor: torch.Tensor, what: str, *, step: int, batch: object) -> None:
+    """Stop training when ``tensor`` holds NaN or inf, naming the step and batch that did it."""
+    if not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise TrainingError(
+            f"{what} became NaN/inf ({bad} values) at step {step}, batch {batch}; training "
+            "stopped. Lower the learning rate, check that batch's audio, or resume from the "
+            "last checkpoint"
+        )
+
+
+def _check_counts(class_counts: Sequence[int], labels: Sequence[str] | None) -> list[int]:
+    counts = [int(n) for n in class_counts]
+    if not counts:
+        raise TrainingError("no classes given: class_counts is empty")
+    for index, n in enumerate(counts):
+        name = repr(labels[index]) if labels else f"index {index}"
+        if n < MIN_EXAMPLES_PER_CLASS:
+            raise TrainingError(
+                f"class {name} has {n} training example(s); at least "
+                f"{MIN_EXAMPLES_PER_CLASS} are needed. Add examples of it or drop it from "
+                "the label map"
+            )
+    return counts
+
+
+def clusters_per_class(
+    class_counts: Sequence[int], labels: Sequence[str] | None = None
+) -> list[int]:
+    """K_c = max(1, round(n_c / n_min)): clusters of about the smallest class's size.
+
+    Raises TrainingError for a class with fewer than 2 examples.
+    """
+    counts = _check_counts(class_counts, labels)
+    n_min = min(counts)
+    return [max(1, math.floor(n / n_min + 0.5)) for n in counts]
+
+
+def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
+    """w_c = N / (C * n_c): the published baseline's class weights (mean weight per example 1)."""
+    counts = torch.tensor(_check_counts(class_counts, None), dtype=torch.float32)
+    return counts.sum() / (len(counts) * counts)
+
+
+def kmeans(
+    points: torch.Tensor, k: int, *, iterations: int = 25, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding; squared Euclidean distance.
+
+    Parameters
+    ----------
+    points : tensor, float, shape (N, E), N >= k
+    k : number of clusters
+
+    Returns
+    -------
+    tensor, shape (k, E): the cluster means. An emptied cluster is re-seeded at the point
+    farthest from its centroid, so every cluster keeps at least one point.
+    """
+    n = points.shape[0]
+    if n < k:
+        raise TrainingError(f"k-means needs at least k={k} points, got {n}")
+    points = points.detach().float()
+    first = int(torch.randint(n, (1,), generator=generator))
+    centres = [points[first]]
+    nearest = ((points - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        probs = nearest / nearest.sum() if nearest.sum() > 0 else torch.full((n,), 1.0 / n)
+        pick = int(torch.multinomial(probs, 1, generator=generator))
+        centres.append(points[pick])
+        nearest = torch.minimum(nearest, ((points - points[pick]) ** 2).sum(1))
+    centroids = torch.stack(centres)
+    for _ in range(iterations):
+        dist = torch.cdist(points, centroids) ** 2  # (N, k)
+        assign = dist.argmin(1)
+        new = torch.zeros_like(centroids).index_add_(0, assign, points)
+        sizes = torch.bincount(assign, minlength=k).float()
+        for j in torch.nonzero(sizes == 0).flatten().tolist():
+            far = int(dist.min(1).values.argmax())
+            new[j], sizes[j] = points[far], 1.0
+        centroids = new / sizes[:, None]
+    return centroids
+
+
+class ClusterCentroidLoss(nn.Module):
+    r"""Pull each embedding toward its own cluster's running centroid, push it from other classes'.
+
+    Embeddings are L2-normalised, :math:`z = e / \|e\|` (a running variance made the loss blind to
+    the embedding scale in the pilot, so the scale is fixed and a temperature sets the sharpness).
+    Class :math:`c` with :math:`n_c` training examples has
+    :math:`K_c = \max(1, \mathrm{round}(n_c / n_{\min}))` clusters. Cluster :math:`k` keeps a sum
+    :math:`S_k` and a count :math:`N_k` of the normalised embeddings assigned to it, and its
+    centroid direction is :math:`\mu_k = S_k / \|S_k\|`. An embedding of class :math:`c` is
+    assigned to the nearest centroid of its own class, :math:`k^* = \arg\min_{k \in c} d_k`, with
+    :math:`d_k = \|z - \mu_k\|^2 = 2 - 2 z \cdot \mu_k`. Its loss is
+
+    .. math::
+        \ell(z, c) = -\log \frac{\exp(-(d_{k^*} + \alpha) / T)}
+            {\exp(-(d_{k^*} + \alpha) / T) + \sum_{k \notin c} \exp(-d_k / T)}
+
+    averaged over the batch (optionally weighted). Gradients flow through :math:`z` only: the
+    centroids are statistics, not parameters. Clusters of the same class are in neither numerator
+    nor denominator, so a class may stay multi-modal.
+
+    Hyperparameters (defaults): ``temperature`` T = 0.1; ``margin`` alpha = 0.1 (in squared
+    distance units, range [0, 4]); ``decay`` = 1.0. After each batch (training mode only)
+    :math:`S_k \leftarrow \mathrm{decay} \cdot S_k + \sum_{i \to k} z_i` and
+    :math:`N_k \leftarrow \mathrm{decay} \cdot N_k + |\{i \to k\}|`; decay 1 is the exact running
+    mean of every embedding assigned since the last :meth:`fit`, decay < 1 an exponential moving
+    average that forgets embeddings of an older encoder. When ``torch.distributed`` is initialised
+    the batch sums and counts are all-reduced (summed) first, so every rank holds identical
+    centroids. The statistics are buffers of *this* module, which is never wrapped in
+    DistributedDataParallel, so DDP does not broadcast them (rank 0's would overwrite the sums).
+
+    :meth:`fit` re-clusters: k-means on a sample of embeddings per class (the trainer passes a
+    bounded reservoir of recent embeddings), which resets :math:`S_k, N_k` to the k-means
+    clusters. Memory is O(K E), independent of the dataset size.
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    cluster_class: torch.Tensor
+
+    def __init__(
+        self,
+        class_counts: Sequence[int],
+        embedding_dim: int,
+        *,
+        temperature: float = 0.1,
+        margin: float = 0.1,
+        decay: float = 1.0,
+        labels: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise TrainingError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= margin <= 4.0:
+            raise TrainingError(f"margin must be in [0, 4] (squared unit distance), got {margin}")
+        if not 0.0 < decay <= 1.0:
+            raise TrainingError(f"decay must be in (0, 1], got {decay}")
+        self.k_per_class = clusters_per_class(class_counts, labels)
+        self.num_classes = len(self.k_per_class)
+        self.temperature, self.margin, self.decay = temperature, margin, decay
+        owners = [c for c, k in enumerate(self.k_per_class) for _ in range(k)]
+        self.register_buffer("cluster_class", torch.tensor(owners, dtype=torch.long))
+        generator = torch.Generator().manual_seed(seed)
+        # random unit directions until the first fit(); count 1 so a centroid is always defined
+        init = F.normalize(torch.randn(len(owners), embedding_dim, generator=generator), dim=1)
+        self.register_buffer("sums", init)
+        self.register_buffer("counts", torch.ones(len(owners)))
+        self.seed = seed
+        self.fits = 0
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.cluster_class.numel())
+
+    def centroids(self) -> torch.Tensor:
+        """Running centroids S_k / N_k, shape (K, E) (not normalised)."""
+        return self.sums / self.counts.clamp_min(1e-12)[:, None]
+
+    def _distances(self, z: torch.Tensor) -> torch.Tensor:
+        mu = F.normalize(self.sums, dim=1)  # direction of S_k equals that of S_k / N_k
+        return 2.0 - 2.0 * z @ mu.T  # (N, K)
+
+    def assign(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Nearest own-class cluster of every embedding, shape (N,) (cluster indices)."""
+        z = F.normalize(embeddings.detach().float(), dim=1)
+        dist = self._distances(z)
+        own = self.cluster_class[None, :] == targets[:, None]  # (N, K)
+        return dist.masked_fill(~own, math.inf).argmin(1)
+
+    def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Class of the nearest centroid (a classifier-free diagnostic), shape (N,)."""
+        z = F.normalize(embeddings.detach().float(), dim=1)
+        return self.cluster_class[self._distances(z).argmin(1)]
+
+    @torch.no_grad()
+    def fit(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
+        """Re-cluster: k-means (K_c clusters) on each class's normalised embeddings.
+
+        A class absent from ``embeddings`` or with fewer points than clusters keeps its
+        current centroids (its turn comes at the next fit).
+        """
+        z = F.normalize(embeddings.detach().float(), dim=1)
+        generator = torch.Generator().manual_seed(self.seed + 7919 * (self.fits + 1))
+        self.fits += 1
+        for c, k in enumerate(self.k_per_class):
+            points = z[targets == c]
+            if points.shape[0] < k:
+                continue
+            rows = torch.nonzero(self.cluster_class == c).flatten()
+            centres = kmeans(points, k, generator=generator)
+            assign = torch.cdist(points, centres).argmin(1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, points)
+            counts = torch.bincount(assign, minlength=k).float()
+            self.sums[rows] = sums
+            self.counts[rows] = counts
+
+    @torch.no_grad()
+    def update(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch to the running sums and counts (all-reduced across ranks)."""
+        z = F.normalize(embeddings.detach().float(), dim=1)
+        assign = self.assign(z, targets)
+        batch_sums = torch.zeros_like(self.sums).index_add_(0, assign, z)
+        batch_counts = torch.bincount(assign, minlength=self.num_clusters).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(batch_sums)
+            torch.distributed.all_reduce(batch_counts)
+        self.sums.mul_(self.decay).add_(batch_sums)
+        self.counts.mul_(self.decay).add_(batch_counts)
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        step: int = -1,
+        batch: object = None,
+    ) -> torch.Tensor:
+        """Loss of a batch; in training mode also updates the centroids afterwards.
+
+        Parameters
+        ----------
+        embeddings : tensor, float, shape (N, E)
+        targets : tensor, long, shape (N,), class indices
+        weights : tensor, float, shape (N,), optional per-embedding weights
+        step, batch : named in the error if an embedding is NaN/inf
+        """
+        check_finite(embeddings, "an embedding", step=step, batch=batch)
+        if embeddings.shape[0] == 0:
+            return embeddings.sum() * 0.0
+        z = F.normalize(embeddings.float(), dim=1)
+        dist = self._distances(z)  # (N, K); centroids are constants here
+        assign = self.assign(z, targets)
+        own_class = self.cluster_class[None, :] == targets[:, None]
+        d_own = dist.gather(1, assign[:, None])  # (N, 1)
+        others = (-dist / self.temperature).masked_fill(own_class, -math.inf)
+        positive = -(d_own + self.margin) / self.temperature
+        logits = torch.cat([positive, others], dim=1)  # (N, 1 + K)
+        per_item = -torch.log_softmax(logits, dim=1)[:, 0]
+        if weights is None:
+            loss = per_item.mean()
+        else:
+            loss = (per_item * weights).sum() / weights.sum().clamp_min(1e-12)
+        if self.training:
+            self.update(z, targets)
+        return loss
+
+
+class LogitAdjustedLoss(nn.Module):
+    """Logit-adjusted cross-entropy (Menon et al. 2021): CE(logits + tau * log prior, y).
+
+    Training sees the prior added, so the raw logits used at test time are balanced.
+    ``tau`` = 1.0 by default; prior p_c = n_c / N.
+    """
+
+    log_prior: torch.Tensor
+
+    def __init__(self, class_counts: Sequence[int], tau: float = 1.0) -> None:
+        super().__init__()
+        counts = torch.tensor(_check_counts(class_counts, None), dtype=torch.float32)
+        self.register_buffer("log_prior", tau * torch.log(counts / counts.sum()))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits + self.log_prior, targets)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): mean of -(1 - p_y)^gamma log p_y; ``gamma`` = 2.0."""
+
+    def __init__(self, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
+        return (-((1.0 - log_p.exp()) ** self.gamma) * log_p).mean()
+
+
+class _CrossEntropy(nn.Module):
+    weight: torch.Tensor | None
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, weight=self.weight)
+
+
+def classification_loss(
+    method: str,
+    class_counts: Sequence[int],
+    *,
+    focal_gamma: float = 2.0,
+    logit_tau: float = 1.0,
+) -> nn.Module:
+    """The loss on logits (N, C) and targets (N,) for a baseline ``method``.
+
+    'weighted_ce' (inverse-frequency weights, the published baseline), 'ce', 'logit_adjusted',
+    'focal'. The cluster method's classifier stage uses 'ce'.
+    """
+    if method == "weighted_ce":
+        return _CrossEntropy(inverse_frequency_weights(class_counts))
+    if method == "ce":
+        _check_counts(class_counts, None)
+        return _CrossEntropy()
+    if method == "logit_adjusted":
+        return LogitAdjustedLoss(class_counts, logit_tau)
+    if method == "focal":
+        _check_counts(class_counts, None)
+        return FocalLoss(focal_gamma)
+    raise TrainingError(
+        f"unknown loss method {method!r}; expected one of {BASELINE_METHODS} or 'cluster'"
+    )
