@@ -1,0 +1,140 @@
+"""The durable outbox: order, idempotent puts, bounded size, dead letters, crash survival."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_detect.errors import ConfigError
+from edge_detect.outbox import Outbox
+
+
+def _ids(records: list) -> list[str]:
+    return [r.message_id for r in records]
+
+
+def test_put_is_durable_ordered_per_endpoint_and_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as box:
+        box.put(["a", "b"], "m1", b"one", now=1.0)
+        box.put(["a"], "m2", b"two", now=2.0)
+        box.put(["b"], "m3", b"three", now=3.0)
+        assert box.put(["a"], "m1", b"one", now=4.0) == []  # repeated put: no duplicate
+        assert _ids(box.pending("a")) == ["m1", "m2"]
+        assert _ids(box.pending("b")) == ["m1", "m3"]
+        head = box.head("a")
+        assert head is not None and (head.message_id, head.body, head.attempts) == ("m1", b"one", 0)
+        box.mark_delivered(head.seq)
+    with Outbox(path) as box:  # a new process sees exactly what was committed
+        assert _ids(box.pending("a")) == ["m2"]
+        assert _ids(box.pending("b")) == ["m1", "m3"]
+        assert box.pending_count() == 3
+
+
+def test_wal_and_full_sync(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite") as box:
+        assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_retry_schedule_and_dead_letter_keep_reason(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.sqlite") as box:
+        (seq,) = box.put(["a"], "m1", b"x", now=10.0)
+        box.put(["a"], "m2", b"y", now=11.0)
+        box.schedule_retry(seq, next_attempt_at=99.0, error="HTTP 503")
+        head = box.head("a")
+        assert head is not None
+        assert (head.attempts, head.next_attempt_at, head.last_error) == (1, 99.0, "HTTP 503")
+        box.dead_letter(seq, "HTTP 400 Bad Request: nope", now=12.0)
+        assert _ids(box.pending("a")) == ["m2"]  # the queue moves on
+        (dead,) = box.dead_letters("a")
+        assert (dead.message_id, dead.attempts, dead.reason) == (
+            "m1",
+            2,
+            "HTTP 400 Bad Request: nope",
+        )
+
+
+def test_full_outbox_evicts_oldest_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    overflow: list[str] = []
+    with Outbox(
+        tmp_path / "o.sqlite", max_pending=3, max_dead=1, on_overflow=overflow.append
+    ) as box:
+        with caplog.at_level(logging.WARNING, logger="edge_detect.outbox"):
+            for i in range(5):
+                box.put(["a"], f"m{i}", b"x", now=float(i))
+        assert _ids(box.pending()) == ["m2", "m3", "m4"]  # newest kept
+        assert len(overflow) == 2 and "m0" in overflow[0] and "m1" in overflow[1]
+        assert sum("full" in r.getMessage() for r in caplog.records) == 2
+        (dead,) = box.dead_letters()  # max_dead=1: the newest dead letter is kept
+        assert dead.message_id == "m1" and dead.reason.startswith("evicted: outbox full")
+        assert box.evicted == 2
+
+
+def test_disable_endpoint_persists_until_target_changes(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path) as box:
+        assert box.register_endpoint("hook", "https://a.example/x") is None
+        box.put(["hook"], "m1", b"x", now=1.0)
+        assert box.disable_endpoint("hook", "https://a.example/x", "410 Gone", now=2.0) == 1
+        assert box.pending_count("hook") == 0
+        assert [d.reason for d in box.dead_letters("hook")] == ["410 Gone"]
+    with Outbox(path) as box:
+        assert box.register_endpoint("hook", "https://a.example/x") == "410 Gone"
+        assert box.register_endpoint("hook", "https://b.example/y") is None  # new URL: enabled
+
+
+def test_second_process_and_bad_files_get_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path):
+        with pytest.raises(ConfigError, match="in use by another edge-detect process"):
+            Outbox(path)
+    Outbox(path).close()  # the lock is released on close
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="not a usable SQLite outbox"):
+        Outbox(junk)
+    with pytest.raises(ConfigError, match="max_pending >= 1"):
+        Outbox(tmp_path / "x.sqlite", max_pending=0)
+    with Outbox(tmp_path / "y.sqlite") as box, pytest.raises(ValueError, match="at most"):
+        box.put(["a"], "big", b"x" * 100_000, now=0.0)
+
+
+def test_every_acknowledged_put_survives_sigkill(tmp_path: Path) -> None:
+    """A writer prints each id after put() returns; whatever it printed must be there after -9."""
+    path = tmp_path / "o.sqlite"
+    writer = textwrap.dedent(
+        f"""
+        import sys
+        from edge_detect.outbox import Outbox
+        box = Outbox({str(path)!r})
+        i = 0
+        while True:
+            box.put(["a"], f"m{{i}}", b"x" * 300, now=float(i))
+            print(f"m{{i}}", flush=True)
+            i += 1
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acknowledged = [proc.stdout.readline().strip() for _ in range(40)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    with Outbox(path) as box:  # opens although the killed process held the lock
+        stored = _ids(box.pending("a"))
+    assert stored[: len(acknowledged)] == acknowledged
+    # The file is a consistent database, not a torn one.
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        db.close()
