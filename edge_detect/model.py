@@ -1,0 +1,403 @@
+"""The streaming model: an ONNX file that carries its own contract, and the object that runs it.
+
+An edge-detect model is one streaming step of a recurrent network::
+
+    features  float32 [batch, frames, n_mels]        raw log-mel frames (edge_detect.features)
+    h, c      float32 [num_layers, batch, hidden]     recurrent state going in
+    ->
+    scores    float32 [batch, frames, classes]        per-frame class probabilities (sum to 1)
+    h_out, c_out                                      the state after the last frame
+
+``frames`` is a dynamic axis, so the runtime can feed any number of frames per call (about 100 ms
+at a time) and carry ``(h, c)`` to the next call. The file's metadata (``metadata_props``) holds
+everything the runtime needs, under the keys in :data:`METADATA_KEYS`: the schema version, the
+labels, the :class:`~edge_detect.features.FeatureConfig`, the per-class
+:class:`~edge_detect.detect.ClassDetection` settings and the provenance. :func:`load_model` checks
+all of it, and the graph's inputs and outputs, before the first audio arrives, and refuses a model
+it cannot honour with a :class:`~edge_detect.errors.ModelError` naming what it expected and what
+it found.
+
+Only numpy and onnxruntime are needed here; the exporter (``export/``) writes these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_detect.audio import MAX_RATE_HZ, MIN_RATE_HZ
+from edge_detect.detect import ClassDetection
+from edge_detect.errors import ConfigError, ModelError
+from edge_detect.features import FeatureConfig
+
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "INPUT_NAMES",
+    "METADATA_KEYS",
+    "OUTPUT_NAMES",
+    "SCHEMA_VERSION",
+    "LSTMState",
+    "StreamingModel",
+    "load_model",
+]
+
+FloatArray = npt.NDArray[np.float32]
+
+SCHEMA_VERSION = 1
+"""Version of the metadata layout below; bumped when a key changes meaning."""
+
+_PREFIX = "edge_detect."
+METADATA_KEYS: dict[str, str] = {
+    "schema_version": _PREFIX + "schema_version",  # "1"
+    "labels": _PREFIX + "labels",  # JSON list of class names, index = score column
+    "feature_config": _PREFIX + "feature_config",  # JSON FeatureConfig.to_dict()
+    "detection": _PREFIX + "detection",  # JSON {label: ClassDetection.to_dict()}
+    "provenance": _PREFIX + "provenance",  # JSON: data, licenses, checkpoint hash, commit, ...
+    "name": _PREFIX + "name",  # short human name of the model
+}
+"""Metadata key of each field, as stored in the ONNX file's ``metadata_props``."""
+_REQUIRED_FIELDS = ("schema_version", "labels", "feature_config", "detection")
+
+INPUT_NAMES = ("features", "h", "c")
+"""Graph inputs, in order."""
+OUTPUT_NAMES = ("scores", "h_out", "c_out")
+"""Graph outputs, in order."""
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "default_model.onnx"
+"""The model shipped with the package, exported by ``edge-detect export`` from a trained checkpoint."""
+
+_PROBABILITY_TOLERANCE = 1e-3
+"""How far the scores of one frame may sum from 1 before the model counts as emitting logits."""
+_ID_HASH_CHARS = 12
+"""Hex digits of the file's SHA-256 in :attr:`StreamingModel.model_id`."""
+
+
+class LSTMState(NamedTuple):
+    """Recurrent state of one stream; each array float32 (num_layers, 1, hidden)."""
+
+    h: FloatArray
+    c: FloatArray
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:  # pragma: no cover - a core dependency; only a broken install lacks it
+        raise ModelError(
+            "running a model needs onnxruntime, which is not installed: pip install onnxruntime"
+        ) from None
+    return onnxruntime
+
+
+def _dims(node: Any) -> list[int | str | None]:
+    """ONNX Runtime's shape of a graph input/output: ints for fixed axes, names or None else."""
+    return list(node.shape) if node.shape is not None else []
+
+
+def _describe(dims: list[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _is_fixed(dim: int | str | None) -> bool:
+    return isinstance(dim, int) and dim > 0
+
+
+def _json_field(meta: dict[str, str], field: str, where: str) -> Any:
+    raw = meta[METADATA_KEYS[field]]
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"{where}: metadata {METADATA_KEYS[field]!r} is not valid JSON ({exc}); "
+            f"found {raw[:80]!r}. Re-export the model with 'edge-detect export'."
+        ) from None
+
+
+def _parse_metadata(
+    meta: dict[str, str], where: str
+) -> tuple[tuple[str, ...], FeatureConfig, dict[str, ClassDetection], dict[str, Any]]:
+    """Labels, feature config, detection settings and provenance from the raw metadata."""
+    missing = [METADATA_KEYS[f] for f in _REQUIRED_FIELDS if METADATA_KEYS[f] not in meta]
+    if missing:
+        if not any(key.startswith(_PREFIX) for key in meta):
+            raise ModelError(
+                f"{where} is an ONNX model but not an edge-detect model: it has none of the "
+                f"metadata keys {[METADATA_KEYS[f] for f in _REQUIRED_FIELDS]} "
+                f"(found {sorted(meta) or 'no metadata'}). Export one with 'edge-detect export'."
+            )
+        raise ModelError(
+            f"{where}: metadata lacks {missing} (found {sorted(meta)}); the file is incomplete. "
+            "Re-export it with 'edge-detect export'."
+        )
+    version = meta[METADATA_KEYS["schema_version"]]
+    if version != str(SCHEMA_VERSION):
+        raise ModelError(
+            f"{where} has metadata schema version {version!r}; this edge-detect reads version "
+            f"{SCHEMA_VERSION}. Use the edge-detect release that exported it, or re-export it."
+        )
+
+    labels = _json_field(meta, "labels", where)
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(label, str) and label for label in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise ModelError(
+            f"{where}: labels must be a non-empty JSON list of distinct names, found {labels!r}"
+        )
+
+    try:
+        feature_config = FeatureConfig.from_dict(_json_field(meta, "feature_config", where))
+    except ConfigError as exc:
+        raise ModelError(
+            f"{where}: the runtime cannot produce the features this model expects: {exc}"
+        ) from None
+    if not MIN_RATE_HZ <= feature_config.sample_rate_hz <= MAX_RATE_HZ:
+        raise ModelError(
+            f"{where}: the model expects audio at {feature_config.sample_rate_hz} Hz; the runtime "
+            f"resamples to rates between {MIN_RATE_HZ} and {MAX_RATE_HZ} Hz only"
+        )
+
+    raw_detection = _json_field(meta, "detection", where)
+    if not isinstance(raw_detection, dict) or set(raw_detection) != set(labels):
+        found = sorted(raw_detection) if isinstance(raw_detection, dict) else raw_detection
+        raise ModelError(
+            f"{where}: detection settings must be a JSON object with one entry per label "
+            f"{labels}, found {found!r}"
+        )
+    try:
+        detection = {label: ClassDetection.from_dict(raw_detection[label]) for label in labels}
+    except ConfigError as exc:
+        raise ModelError(f"{where}: invalid detection settings: {exc}") from None
+
+    provenance: dict[str, Any] = {}
+    if METADATA_KEYS["provenance"] in meta:
+        provenance = _json_field(meta, "provenance", where)
+        if not isinstance(provenance, dict):
+            raise ModelError(f"{where}: provenance must be a JSON object, found {provenance!r}")
+    return tuple(labels), feature_config, detection, provenance
+
+
+def _check_graph(session: Any, n_mels: int, n_classes: int, where: str) -> tuple[int, int]:
+    """Check names, types and shapes of the graph's inputs and outputs; (num_layers, hidden)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    input_names = tuple(node.name for node in inputs)
+    output_names = tuple(node.name for node in outputs)
+    if input_names != INPUT_NAMES or output_names != OUTPUT_NAMES:
+        raise ModelError(
+            f"{where}: expected graph inputs {list(INPUT_NAMES)} and outputs "
+            f"{list(OUTPUT_NAMES)}, found inputs {list(input_names)} and outputs "
+            f"{list(output_names)}"
+        )
+    for node in (*inputs, *outputs):
+        if node.type != "tensor(float)":
+            raise ModelError(f"{where}: {node.name!r} must be tensor(float), found {node.type}")
+        if len(_dims(node)) != 3:
+            raise ModelError(
+                f"{where}: {node.name!r} must have 3 axes, found shape {_describe(_dims(node))}"
+            )
+    features, h, c = (_dims(node) for node in inputs)
+    scores, h_out, c_out = (_dims(node) for node in outputs)
+    if features[2] != n_mels or _is_fixed(features[1]):
+        raise ModelError(
+            f"{where}: input 'features' must be [batch, frames, {n_mels}] with a dynamic frames "
+            f"axis ({n_mels} = n_mels of the feature config), found {_describe(features)}"
+        )
+    if scores[2] != n_classes or _is_fixed(scores[1]):
+        raise ModelError(
+            f"{where}: output 'scores' must be [batch, frames, {n_classes}] "
+            f"({n_classes} = number of labels), found {_describe(scores)}"
+        )
+    if not (_is_fixed(h[0]) and _is_fixed(h[2])):
+        raise ModelError(
+            f"{where}: input 'h' must be [num_layers, batch, hidden] with fixed layers and "
+            f"hidden size, found {_describe(h)}"
+        )
+    for name, dims in (("c", c), ("h_out", h_out), ("c_out", c_out)):
+        if dims[0] != h[0] or dims[2] != h[2]:
+            raise ModelError(
+                f"{where}: {name!r} must have the shape of 'h' {_describe(h)}, "
+                f"found {_describe(dims)}"
+            )
+    return int(h[0]), int(h[2])  # type: ignore[arg-type]
+
+
+class StreamingModel:
+    """A loaded edge-detect model with the recurrent state of one stream.
+
+    Build it with :func:`load_model`. ``step()`` feeds frames and carries ``(h, c)`` to the next
+    call, so scores do not depend on how the stream is cut into chunks; ``reset()`` starts a new
+    stream. One ONNX Runtime thread by default: on a small device the audio thread and the model
+    should not fight over cores.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int = 1) -> None:
+        self.path = Path(path)
+        where = f"model {self.path}"
+        if not self.path.is_file():
+            raise ModelError(
+                f"{where} does not exist; expected an .onnx file from 'edge-detect export'"
+            )
+        data = self.path.read_bytes()
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # ORT's warnings would go to stderr, which we keep for logs
+        try:
+            self._session = ort.InferenceSession(
+                data, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own types (Fail, InvalidProtobuf, ...)
+            message = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise ModelError(
+                f"{where} ({len(data)} bytes) is not a loadable ONNX model: {message}. "
+                "Expected an .onnx file from 'edge-detect export'; it may be truncated or corrupt."
+            ) from None
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        """The raw ONNX metadata (key -> string)."""
+        labels, feature_config, detection, provenance = _parse_metadata(self.metadata, where)
+        self.labels: tuple[str, ...] = labels
+        """Class names; column ``i`` of :meth:`step`'s scores belongs to ``labels[i]``."""
+        self.feature_config: FeatureConfig = feature_config
+        """The front end the model was trained on; the runtime must compute exactly these."""
+        self.detection: dict[str, ClassDetection] = detection
+        """Default post-processing settings per label, from training."""
+        self.provenance: dict[str, Any] = provenance
+        """Training data and licenses, checkpoint hash, git commit, date, validation metrics."""
+        self.num_layers, self.hidden_size = _check_graph(
+            self._session, feature_config.n_mels, len(labels), where
+        )
+        name = self.metadata.get(METADATA_KEYS["name"]) or self.path.stem
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        """SHA-256 of the model file."""
+        self.model_id = f"{name}-{self.sha256[:_ID_HASH_CHARS]}"
+        """Short identifier for logs and alerts: name and the start of the file's SHA-256."""
+        self._state = self.initial_state()
+        self._check_probabilities(where)
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """Shape of ``h`` and ``c``: (num_layers, 1, hidden)."""
+        return (self.num_layers, 1, self.hidden_size)
+
+    @property
+    def n_mels(self) -> int:
+        return self.feature_config.n_mels
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def initial_state(self) -> LSTMState:
+        """The state of a fresh stream (zeros)."""
+        zeros = np.zeros(self.state_shape, dtype=np.float32)
+        return LSTMState(zeros, zeros.copy())
+
+    def reset(self) -> None:
+        """Start a new stream: the next step begins from the initial state."""
+        self._state = self.initial_state()
+
+    def get_state(self) -> LSTMState:
+        """A copy of the current state (changing it does not change the model)."""
+        return LSTMState(self._state.h.copy(), self._state.c.copy())
+
+    def set_state(self, state: LSTMState | tuple[npt.ArrayLike, npt.ArrayLike]) -> None:
+        """Continue from ``state`` (e.g. one saved by :meth:`get_state`)."""
+        h, c = (np.array(part, dtype=np.float32) for part in state)
+        for name, array in (("h", h), ("c", c)):
+            if array.shape != self.state_shape:
+                raise ModelError(
+                    f"state {name!r} must have shape {self.state_shape}, got {array.shape}"
+                )
+            if not np.all(np.isfinite(array)):
+                raise ModelError(f"state {name!r} contains NaN or infinity")
+        self._state = LSTMState(h, c)
+
+    # -- running -----------------------------------------------------------------------------
+    def step(self, features: npt.ArrayLike) -> FloatArray:
+        """Feed frames of one stream and carry the state to the next call.
+
+        Parameters
+        ----------
+        features : array, float32, shape (frames, n_mels)
+            Log-mel frames from :class:`~edge_detect.features.StreamingLogMel`; any number of
+            frames, also 0.
+
+        Returns
+        -------
+        ndarray, float32, shape (frames, classes)
+            Per-frame class probabilities, columns in the order of :attr:`labels`.
+        """
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_mels:
+            raise ModelError(
+                f"step() expects features of shape (frames, {self.n_mels}), got {x.shape}"
+            )
+        if x.shape[0] == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        scores, h_out, c_out = self._session.run(
+            None,
+            {"features": np.ascontiguousarray(x[None]), "h": self._state.h, "c": self._state.c},
+        )
+        self._state = LSTMState(h_out, c_out)
+        return np.asarray(scores[0], dtype=np.float32)
+
+    def _check_probabilities(self, where: str) -> None:
+        """Run one silent frame: the scores must be one probability row per frame."""
+        silence = np.full((1, self.n_mels), np.log(self.feature_config.log_floor), dtype=np.float32)
+        try:
+            scores = self.step(silence)
+        except ModelError:
+            raise
+        except Exception as exc:  # the graph may fail at run time despite matching shapes
+            raise ModelError(f"{where} fails on one frame of silence: {exc}") from None
+        finally:
+            self.reset()
+        total = float(scores.sum())
+        if scores.shape != (1, self.num_classes) or abs(total - 1.0) > _PROBABILITY_TOLERANCE:
+            raise ModelError(
+                f"{where}: 'scores' must be class probabilities (one row per frame summing to 1), "
+                f"got shape {scores.shape} summing to {total:.4g}; was softmax left out at export?"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamingModel({self.model_id!r}, labels={list(self.labels)}, "
+            f"state={self.state_shape})"
+        )
+
+
+def load_model(path: str | Path | None = None, *, threads: int = 1) -> StreamingModel:
+    """Load and validate an edge-detect ONNX model.
+
+    Parameters
+    ----------
+    path : path, optional
+        The ``.onnx`` file; ``None`` means the packaged default :data:`DEFAULT_MODEL_PATH`.
+    threads : int
+        ONNX Runtime intra-op threads (1 suits a small device).
+
+    Raises
+    ------
+    ModelError
+        The file is missing, not ONNX, truncated, not an edge-detect model, of another schema
+        version, or its labels, features or graph do not fit together.
+    """
+    if path is None:
+        if not DEFAULT_MODEL_PATH.is_file():
+            raise ModelError(
+                f"no default model at {DEFAULT_MODEL_PATH}: this install ships without one. "
+                "Pass a model file explicitly (--model PATH), or export one with "
+                "'edge-detect export CHECKPOINT -o model.onnx'."
+            )
+        path = DEFAULT_MODEL_PATH
+    return StreamingModel(path, threads=threads)

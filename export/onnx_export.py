@@ -1,0 +1,390 @@
+"""Checkpoint -> streaming ONNX model with its contract in the metadata, and the parity check.
+
+The exported graph is one streaming step (see :mod:`edge_detect.model` for the contract)::
+
+    features [batch, frames, n_mels], h, c  ->  scores [batch, frames, classes], h_out, c_out
+
+``scores`` are probabilities: softmax is part of the graph, so the runtime never guesses whether
+it received logits. The TorchScript exporter (``dynamo=False``) is used because torch 2.13's
+default dynamo exporter fixes an LSTM's time axis at the example's length; :func:`check_parity`
+proves on every export that several lengths work and that chunked runs equal a full run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edge_detect import __version__
+from edge_detect.detect import ClassDetection
+from edge_detect.errors import CheckpointError, ModelError
+from edge_detect.features import FeatureConfig
+from edge_detect.model import INPUT_NAMES, METADATA_KEYS, OUTPUT_NAMES, SCHEMA_VERSION
+from train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from train.models import StreamingLSTM
+
+__all__ = [
+    "OPSET",
+    "PARITY_CHUNK_FRAMES",
+    "PARITY_TOLERANCE",
+    "ParityError",
+    "ParityReport",
+    "ScoresModel",
+    "build_metadata",
+    "check_parity",
+    "default_detection",
+    "export_checkpoint",
+    "export_model",
+    "write_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+"""ONNX opset of the exported graph (ONNX Runtime >= 1.14 runs it)."""
+PARITY_TOLERANCE = 1e-4
+"""Largest allowed absolute difference of scores and state, torch vs ONNX Runtime."""
+PARITY_CHUNK_FRAMES = (1, 10, 100)
+"""Chunk lengths checked on every export: one frame, 100 ms and 1 s at a 10 ms hop."""
+_STREAM_FRAMES = 237
+"""Length of the stream compared chunked vs whole (not a multiple of any chunk length)."""
+_STATE_SCALE = 0.5
+"""Standard deviation of the random non-zero start state (an LSTM's h and c live in about ±1)."""
+_BACKGROUND_LABEL = "background"
+
+
+class ParityError(ModelError):
+    """The exported ONNX model does not compute what the torch model computes."""
+
+
+class ScoresModel(nn.Module):
+    """The streaming LSTM with softmax on top: (features, h, c) -> (probabilities, h_out, c_out)."""
+
+    def __init__(self, model: StreamingLSTM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, h_out, c_out = self.model(features, h, c)  # (B, T, C), (L, B, H), (L, B, H)
+        return torch.softmax(logits, dim=-1), h_out, c_out
+
+
+def default_detection(
+    labels: Sequence[str], given: dict[str, Any] | None = None
+) -> dict[str, ClassDetection]:
+    """Detection settings per label: the checkpoint's where given, else the defaults, with
+    ``background`` disabled (it is what the detector reports when nothing happens)."""
+    given = given or {}
+    unknown = sorted(set(given) - set(labels))
+    if unknown:
+        raise CheckpointError(
+            f"detection settings for unknown label(s) {unknown}; labels {list(labels)}"
+        )
+    settings = {}
+    for label in labels:
+        if label in given:
+            value = given[label]
+            settings[label] = (
+                value if isinstance(value, ClassDetection) else ClassDetection.from_dict(value)
+            )
+        else:
+            settings[label] = ClassDetection(enabled=label != _BACKGROUND_LABEL)
+    return settings
+
+
+def _git_commit() -> dict[str, Any] | None:
+    """The checkout's commit and whether it had local changes; None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def build_metadata(
+    *,
+    labels: Sequence[str],
+    feature_config: FeatureConfig,
+    detection: dict[str, ClassDetection],
+    name: str,
+    provenance: dict[str, Any],
+) -> dict[str, str]:
+    """The ONNX ``metadata_props`` that :func:`edge_detect.model.load_model` reads."""
+
+    def dump(value: Any) -> str:
+        # default=str: provenance may hold paths or dates; sort_keys: stable bytes per export
+        return json.dumps(value, sort_keys=True, default=str)
+
+    return {
+        METADATA_KEYS["schema_version"]: str(SCHEMA_VERSION),
+        METADATA_KEYS["labels"]: json.dumps(list(labels)),
+        METADATA_KEYS["feature_config"]: dump(feature_config.to_dict()),
+        METADATA_KEYS["detection"]: dump({k: v.to_dict() for k, v in detection.items()}),
+        METADATA_KEYS["provenance"]: dump(provenance),
+        METADATA_KEYS["name"]: name,
+    }
+
+
+def write_metadata(path: str | Path, metadata: dict[str, str]) -> None:
+    """Replace the metadata of the ONNX file at ``path`` (keeps keys not in ``metadata``)."""
+    proto = onnx.load(str(path))
+    kept = {p.key: p.value for p in proto.metadata_props if p.key not in metadata}
+    del proto.metadata_props[:]
+    for key, value in {**kept, **metadata}.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def export_model(
+    model: StreamingLSTM,
+    path: str | Path,
+    *,
+    metadata: dict[str, str],
+    example_frames: int = 10,
+) -> Path:
+    """Write ``model`` (eval mode, softmax added) as a streaming ONNX graph with ``metadata``.
+
+    Batch and frames are dynamic axes; ``h``/``c`` have a dynamic batch axis.
+    """
+    if not isinstance(model, StreamingLSTM):
+        raise ModelError(
+            f"only the streaming LSTM can be exported for the runtime, got {type(model).__name__}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ScoresModel(model).eval()
+    config = model.config
+    features = torch.zeros(1, example_frames, config.n_mels)
+    h, c = model.initial_state(1)
+    dynamic_axes = {
+        "features": {0: "batch", 1: "frames"},
+        "h": {1: "batch"},
+        "c": {1: "batch"},
+        "scores": {0: "batch", 1: "frames"},
+        "h_out": {1: "batch"},
+        "c_out": {1: "batch"},
+    }
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (features, h, c),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,  # the dynamo exporter would fix the frames axis (see module docstring)
+        )
+    write_metadata(path, metadata)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+# -- parity ---------------------------------------------------------------------------------
+@dataclass
+class ParityReport:
+    """Largest absolute differences found by :func:`check_parity`, one row per comparison."""
+
+    tolerance: float
+    rows: list[tuple[str, float, float]] = field(default_factory=list)
+    """(comparison, max |score diff|, max |state diff|)."""
+
+    @property
+    def worst(self) -> float:
+        return max((max(s, t) for _, s, t in self.rows), default=0.0)
+
+    @property
+    def passed(self) -> bool:
+        return self.worst <= self.tolerance
+
+    def format(self) -> str:
+        lines = [f"{'parity check':<44} {'max |d score|':>14} {'max |d state|':>14}"]
+        for what, score, state in self.rows:
+            lines.append(f"{what:<44} {score:>14.2e} {state:>14.2e}")
+        verdict = "ok" if self.passed else "FAILED"
+        lines.append(f"worst {self.worst:.2e}, tolerance {self.tolerance:.0e}: {verdict}")
+        return "\n".join(lines)
+
+
+def _realistic_features(
+    model: StreamingLSTM, batch: int, frames: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Random frames in the model's input range (its normalisation statistics), float32."""
+    mean = model.norm.mean.detach().numpy()
+    std = model.norm.std.detach().numpy()
+    noise = rng.standard_normal((batch, frames, mean.shape[0]))
+    return (mean + std * noise).astype(np.float32)
+
+
+def _ort_session(path: str | Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def check_parity(
+    model: StreamingLSTM,
+    onnx_path: str | Path,
+    *,
+    chunk_frames: Sequence[int] = PARITY_CHUNK_FRAMES,
+    tolerance: float = PARITY_TOLERANCE,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare torch with ONNX Runtime, and chunked ONNX runs with one full-sequence run.
+
+    Every comparison starts from a random non-zero state (a zero state hides a swapped ``h``
+    and ``c`` or a dropped state input) on frames in the model's input range:
+
+    - torch vs ONNX for one call of each length in ``chunk_frames`` (batch 1), and of 10 frames
+      at batch 3 (the batch axis is dynamic too);
+    - ONNX fed ``_STREAM_FRAMES`` frames in chunks of each length, carrying ``h``/``c``, vs one
+      ONNX call on the whole stream; and the whole stream in torch vs ONNX.
+
+    Raises
+    ------
+    ParityError
+        Some difference of scores or final state exceeds ``tolerance``; the report is printed in
+        the message.
+    """
+    model = model.eval()
+    wrapper = ScoresModel(model).eval()
+    session = _ort_session(onnx_path)
+    rng = np.random.default_rng(seed)
+    layers, hidden = model.config.num_layers, model.config.hidden_size
+    report = ParityReport(tolerance=tolerance)
+
+    def start_state(batch: int) -> tuple[np.ndarray, np.ndarray]:
+        shape = (layers, batch, hidden)
+        h = (_STATE_SCALE * rng.standard_normal(shape)).astype(np.float32)
+        c = (_STATE_SCALE * rng.standard_normal(shape)).astype(np.float32)
+        return h, c
+
+    def run_torch(x: np.ndarray, h: np.ndarray, c: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = wrapper(torch.from_numpy(x), torch.from_numpy(h), torch.from_numpy(c))
+        return [t.numpy() for t in out]
+
+    def run_onnx(x: np.ndarray, h: np.ndarray, c: np.ndarray) -> list[np.ndarray]:
+        return list(session.run(None, {"features": x, "h": h, "c": c}))
+
+    def compare(what: str, a: list[np.ndarray], b: list[np.ndarray]) -> None:
+        if a[0].shape != b[0].shape:
+            raise ParityError(f"{what}: scores of shape {a[0].shape} vs {b[0].shape}")
+        state = max(_max_diff(a[1], b[1]), _max_diff(a[2], b[2]))
+        report.rows.append((what, _max_diff(a[0], b[0]), state))
+
+    for frames in chunk_frames:
+        x = _realistic_features(model, 1, frames, rng)
+        h, c = start_state(1)
+        compare(f"torch vs onnx, {frames} frame(s)", run_torch(x, h, c), run_onnx(x, h, c))
+    x = _realistic_features(model, 3, 10, rng)
+    h, c = start_state(3)
+    compare("torch vs onnx, batch 3 x 10 frames", run_torch(x, h, c), run_onnx(x, h, c))
+
+    x = _realistic_features(model, 1, _STREAM_FRAMES, rng)
+    h0, c0 = start_state(1)
+    whole = run_onnx(x, h0, c0)
+    compare(f"torch vs onnx, {_STREAM_FRAMES} frames", run_torch(x, h0, c0), whole)
+    for frames in chunk_frames:
+        h, c = h0, c0
+        parts = []
+        for start in range(0, _STREAM_FRAMES, frames):
+            scores, h, c = run_onnx(x[:, start : start + frames], h, c)
+            parts.append(scores)
+        chunked = [np.concatenate(parts, axis=1), h, c]
+        compare(f"onnx chunks of {frames} vs one call, {_STREAM_FRAMES} frames", chunked, whole)
+
+    if not report.passed:
+        raise ParityError(
+            "the exported ONNX model differs from the torch model by more than "
+            f"{tolerance:.0e}:\n{report.format()}"
+        )
+    return report
+
+
+# -- from a checkpoint ----------------------------------------------------------------------
+def checkpoint_provenance(data: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """What the model file says about where it came from."""
+    provenance: dict[str, Any] = {
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "exported_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "exporter": f"edge-detect {__version__}, torch {torch.__version__}, opset {OPSET}",
+        "git": _git_commit(),
+        "model_config": data.get("model_config"),
+        "data": data.get("data"),
+        "metrics": data.get("metrics"),
+        "quantization": "none",
+    }
+    return provenance
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    name: str | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> tuple[Path, ParityReport, dict[str, Any]]:
+    """Export a training checkpoint and check parity; returns (path, parity report, checkpoint).
+
+    Raises CheckpointError for a file that is not a usable checkpoint, ModelError for a model the
+    runtime cannot run (e.g. the CNN), ParityError when ONNX Runtime disagrees with torch.
+    """
+    checkpoint = Path(checkpoint)
+    data = load_checkpoint(checkpoint)
+    model, feature_config = model_from_checkpoint(data)
+    if not isinstance(model, StreamingLSTM):
+        raise ModelError(
+            f"{checkpoint} holds a {data['model_config'].get('kind')!r} model; only the streaming "
+            "LSTM ('lstm') can run on the device. Export an LSTM checkpoint."
+        )
+    if model.config.n_mels != feature_config.n_mels:
+        raise CheckpointError(
+            f"{checkpoint}: the model takes {model.config.n_mels} features per frame but its "
+            f"feature config makes {feature_config.n_mels}"
+        )
+    labels = list(data["labels"])
+    detection = default_detection(labels, data.get("detection"))
+    output = Path(output)
+    metadata = build_metadata(
+        labels=labels,
+        feature_config=feature_config,
+        detection=detection,
+        name=name or output.stem,
+        provenance=checkpoint_provenance(data, checkpoint),
+    )
+    export_model(model, output, metadata=metadata)
+    report = check_parity(model, output, tolerance=tolerance)
+    return output, report, data
