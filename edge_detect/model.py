@@ -69,7 +69,7 @@ OUTPUT_NAMES = ("scores", "h_out", "c_out")
 """Graph outputs, in order."""
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "default_model.onnx"
-"""The model shipped with the package, exported by ``edge-detect export`` from a trained checkpoint."""
+"""The packaged model, exported by ``edge-detect export`` from a trained checkpoint."""
 
 _PROBABILITY_TOLERANCE = 1e-3
 """How far the scores of one frame may sum from 1 before the model counts as emitting logits."""
