@@ -1,0 +1,153 @@
+"""The whole runtime path (source -> features -> model -> detection -> alerts) on the fixture
+model: chunk-size invariance, the recurrent-state policy over an hour of audio, sinks, timing."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from conftest import FIXTURES
+
+from edge_detect.audio import write_wav
+from edge_detect.detect import ClassDetection
+from edge_detect.model import load_model
+from edge_detect.pipeline import Pipeline, StatePolicy
+from edge_detect.sinks import JsonLinesSink
+from edge_detect.sources import Block, WavFileSource
+
+RATE = 16_000
+TINY = FIXTURES / "tiny_model.onnx"
+# The fixture model has random weights; on low noise its baby_cry score stays <= 0.2135 and a
+# loud 300 Hz tone lifts it to >= 0.215 (measured; the margins are 1000x the float error).
+TONE_HZ = 300.0
+TONE_DETECTION = {
+    "dog_bark": ClassDetection(enabled=False),
+    "gun_shot": ClassDetection(enabled=False),
+    "baby_cry": ClassDetection(
+        threshold_on=0.215, threshold_off=0.214, smoothing_ms=50, confirm_ms=100, refractory_s=1
+    ),
+}
+
+
+def tone(seconds: float) -> np.ndarray:
+    t = np.arange(round(seconds * RATE)) / RATE
+    return (0.5 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+
+
+class PlantedSource:
+    """Low noise with loud tones planted at given times, generated block by block (no memory)."""
+
+    name = "synthetic"
+    sample_rate_hz = RATE
+
+    def __init__(self, duration_s: float, plants: list[float], block_ms: float = 100.0) -> None:
+        self.total = round(duration_s * RATE)
+        self.block = round(block_ms * RATE / 1000)
+        self.plants = [(round(p * RATE), tone(1.0)) for p in plants]
+        self.rng = np.random.default_rng(1)
+
+    def stop(self) -> None:
+        pass
+
+    def blocks(self) -> Iterator[Block]:
+        for begin in range(0, self.total, self.block):
+            end = min(begin + self.block, self.total)
+            x = self.rng.normal(0, 0.01, end - begin).astype(np.float32)
+            for start, burst in self.plants:
+                lo, hi = max(begin, start), min(end, start + len(burst))
+                if lo < hi:
+                    x[lo - begin : hi - begin] += burst[lo - start : hi - start]
+            yield Block(x, 1_000_000.0 + end / RATE)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(TINY)
+
+
+def test_block_size_does_not_change_scores_or_alerts(model, tmp_path):
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 0.01, 12 * RATE).astype(np.float32)
+    for start_s in (2.0, 7.3):
+        i = round(start_s * RATE)
+        audio[i : i + RATE] += tone(1.0)
+    wav = tmp_path / "planted.wav"
+    write_wav(wav, audio, RATE)
+    results = []
+    for block_ms in (10, 100, 250, 1000):
+        pipeline = Pipeline(model, [], detection=TONE_DETECTION, keep_scores=True)
+        pipeline.run(WavFileSource(wav, RATE, block_ms=block_ms, realtime=False))
+        alerts = [(a.label, a.extra["offset_s"], a.duration_s) for a in pipeline.emitted]
+        results.append((np.concatenate(pipeline.scores), alerts))
+    reference_scores, reference_alerts = results[0]
+    assert [a[0] for a in reference_alerts] == ["baby_cry", "baby_cry"]
+    assert [a[1] for a in reference_alerts] == pytest.approx([2.0, 7.3], abs=0.3)
+    for scores, alerts in results[1:]:
+        assert scores.shape == reference_scores.shape == (1198, 4)
+        np.testing.assert_allclose(scores, reference_scores, atol=1e-5)
+        assert alerts == reference_alerts
+
+
+def test_alert_and_health_lines_on_the_json_sink(model):
+    out = io.StringIO()
+    pipeline = Pipeline(
+        model, [JsonLinesSink(out, health=True)], detection=TONE_DETECTION, device_name="pi-1"
+    )
+    stats = pipeline.run(PlantedSource(6.0, [2.0]))
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(m["type"], m.get("event") or m.get("class")) for m in lines] == [
+        ("health", "started"),
+        ("alert", "baby_cry"),
+        ("health", "stopping"),
+    ]
+    alert = lines[1]
+    assert alert["device"] == "pi-1" and alert["seq"] == 1 and alert["v"] == 1
+    assert alert["model_id"] == model.model_id
+    assert alert["offset_s"] == pytest.approx(2.0, abs=0.3)
+    # block end times start at 1e6 s since the epoch: 1970-01-12T13:46:40 UTC
+    assert alert["start"].startswith("1970-01-12T13:46:4") and alert["start"].endswith("+00:00")
+    assert stats.alerts == 1 and stats.audio_s == pytest.approx(6.0)
+
+
+def test_alert_on_end_reports_the_whole_event(model):
+    pipeline = Pipeline(model, [], detection=TONE_DETECTION, alert_on="end")
+    pipeline.run(PlantedSource(6.0, [2.0]))
+    (alert,) = pipeline.emitted
+    assert alert.duration_s == pytest.approx(1.0, abs=0.2)
+
+
+@pytest.mark.slow
+def test_state_policy_over_one_hour_never_misses_an_event(model):
+    """An hour of audio with 55 planted events, run as fast as possible with the policy on."""
+    rng = np.random.default_rng(7)
+    plants = sorted(30.0 + 64.0 * k + float(rng.uniform(0, 30)) for k in range(55))
+    policy = StatePolicy(quiet_s=5.0, interval_s=60.0, max_interval_s=1800.0, warmup_s=2.0)
+    pipeline = Pipeline(model, [], detection=TONE_DETECTION, state_policy=policy)
+    stats = pipeline.run(PlantedSource(3600.0, plants))
+    assert stats.audio_s == pytest.approx(3600.0)
+    found = [a.extra["offset_s"] for a in pipeline.emitted]
+    assert len(found) == len(plants), (found, plants)
+    assert np.abs(np.array(found) - np.array(plants)).max() < 0.3
+    # about one re-synchronisation a minute, each after >= quiet_s with no planted event
+    assert 50 <= stats.resyncs <= 60
+    fps = model.feature_config.frames_per_second
+    for frame in stats.resync_frames:
+        t = frame / fps
+        assert not any(p - 0.1 < t and t - policy.quiet_s < p + 1.0 + 0.2 for p in plants), t
+    state = model.get_state()
+    assert np.all(np.isfinite(state.h)) and np.all(np.isfinite(state.c))
+    assert stats.max_abs_state < 50.0
+
+
+def test_state_is_resynchronised_even_without_quiet(model):
+    # a tone every 3 s keeps the stream busy: only max_interval_s triggers
+    plants = [float(t) for t in range(1, 120, 3)]
+    policy = StatePolicy(quiet_s=5.0, interval_s=10.0, max_interval_s=30.0, warmup_s=1.0)
+    pipeline = Pipeline(model, [], detection=TONE_DETECTION, state_policy=policy)
+    stats = pipeline.run(PlantedSource(121.0, plants))
+    # every 30 s (3000 frames), checked at the end of the block (10 frames) that reaches it
+    assert [f // 10 * 10 for f in stats.resync_frames] == [3000, 6000, 9000, 12000]
+    assert len(pipeline.emitted) == len(plants)
