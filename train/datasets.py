@@ -43,6 +43,7 @@ __all__ = [
     "Clip",
     "LabelMap",
     "Split",
+    "check_files_exist",
     "filter_clips",
     "label_counts",
     "load_esc50",
@@ -253,6 +254,17 @@ def _raise_unmapped(unmapped: dict[str, list[str]], label_map: LabelMap, what: s
     )
 
 
+def check_files_exist(clips: Sequence[Clip], what: str = "dataset") -> None:
+    """Raise DatasetError saying how many (and which) of the clips' audio files do not exist."""
+    missing = [clip.path for clip in clips if not clip.path.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{what}: {len(missing)} of {len(clips)} audio files do not exist: "
+            f"{_examples(missing)}. Check the paths (relative to the manifest's folder) "
+            "or that the dataset was fully downloaded"
+        )
+
+
 def _finish(
     clips: list[Clip],
     what: str,
@@ -271,13 +283,7 @@ def _finish(
             f"licenses={licenses}); labels present: {sorted(label_counts(clips))}"
         )
     if check_files:
-        missing = [clip.path for clip in kept if not clip.path.is_file()]
-        if missing:
-            raise DatasetError(
-                f"{what}: {len(missing)} of {len(kept)} audio files do not exist: "
-                f"{_examples(missing)}. Check the paths (relative to the manifest's folder) "
-                "or that the dataset was fully downloaded"
-            )
+        check_files_exist(kept, what)
     seen: Counter[Path] = Counter(clip.path for clip in kept)
     duplicates = [path for path, n in seen.items() if n > 1]
     if duplicates:
@@ -329,7 +335,7 @@ def _parse_duration(text: str, where: str) -> float | None:
 
 def _absolute(folder: Path, relative: str) -> Path:
     # normpath, not resolve(): keep symlinked dataset folders as the user named them
-    return Path(os.path.normpath(folder / relative))
+    return Path(os.path.normpath(os.path.join(folder, relative)))
 
 
 def load_manifest(

@@ -1,0 +1,189 @@
+"""``edge-detect data``: look at a dataset and fill the feature cache.
+
+``edge-detect data stats --manifest CSV`` loads the manifest, computes (or reads from the cache)
+the log-mel features of every clip, and prints per-label counts, decoded durations and distinct
+recordings (groups) on stdout. Unreadable clips are skipped and counted unless ``--strict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from edge_detect.errors import ConfigError
+
+__all__ = ["register", "stats_table"]
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_MINUTE = 60.0
+
+
+def register(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    """Add ``data`` (with ``data stats``) to the ``edge-detect`` parser."""
+    from train.cache import CACHE_ENV, default_cache_root
+
+    data = subparsers.add_parser(
+        "data",
+        help="(workstation) inspect datasets and fill the feature cache",
+        description=__doc__,
+        formatter_class=formatter,
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    stats = commands.add_parser(
+        "stats",
+        help="per-label counts, durations and groups of a manifest; fills the feature cache",
+        description=(
+            "Print per-label clip counts, durations (decoded audio, minutes) and distinct groups "
+            "of a manifest CSV, computing and caching the log-mel features of every clip. "
+            "The second run reads the cache and is much faster.\n\n"
+            "example: edge-detect data stats "
+            "--manifest ../shared/data/edge_sed_real_v1/manifest.csv"
+        ),
+        formatter_class=formatter,
+    )
+    stats.add_argument(
+        "--manifest",
+        required=True,
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="manifest CSV: path,label[,group,fold,...], paths relative to its folder",
+    )
+    stats.add_argument(
+        "--cache",
+        type=Path,
+        default=default_cache_root(),
+        help=f"feature cache folder (${CACHE_ENV} moves the default)",
+    )
+    stats.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable clip instead of skipping",
+    )
+    stats.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only N clips spread evenly over the manifest (a quick look)",
+    )
+    stats.add_argument(
+        "--label-column",
+        default="label",
+        help="manifest column the labels come from (e.g. orig_label for the fine classes)",
+    )
+    stats.add_argument(
+        "--label-map",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="TOML label map ([map] orig = label, optional default = 'background'); "
+        "none: the manifest's labels as they are",
+    )
+    stats.add_argument(
+        "--feature-config",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="TOML with FeatureConfig fields (top level or a [features] table); "
+        "none: the shared front end",
+    )
+    stats.set_defaults(func=run_stats)
+    data.set_defaults(func=_usage(data))
+
+
+def _usage(parser: argparse.ArgumentParser) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return handler
+
+
+def _feature_config(path: Path | None) -> Any:
+    from edge_detect.features import FeatureConfig
+
+    if path is None:
+        return FeatureConfig()
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read feature config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"feature config {path} is not valid TOML: {exc}") from None
+    return FeatureConfig.from_dict(data.get("features", data))
+
+
+def stats_table(
+    labels: list[str], durations_s: list[float], groups: list[str], skipped: int
+) -> str:
+    """Markdown table: label, clips, duration (min), distinct groups; a total row; skipped count.
+
+    ``labels[i]``, ``durations_s[i]`` and ``groups[i]`` describe the i-th readable clip.
+    """
+    per_label: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        per_label[label].append(i)
+    lines = [
+        "| label | clips | duration (min) | distinct groups |",
+        "|---|---:|---:|---:|",
+    ]
+    for label in sorted(per_label, key=lambda name: (-len(per_label[name]), name)):
+        rows = per_label[label]
+        minutes = sum(durations_s[i] for i in rows) / SECONDS_PER_MINUTE
+        lines.append(
+            f"| {label} | {len(rows)} | {minutes:.1f} | {len({groups[i] for i in rows})} |"
+        )
+    total_minutes = sum(durations_s) / SECONDS_PER_MINUTE
+    lines.append(f"| **total** | {len(labels)} | {total_minutes:.1f} | {len(set(groups))} |")
+    lines.append("")
+    lines.append(f"skipped clips (unreadable): {skipped}")
+    return "\n".join(lines)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Handler of ``edge-detect data stats``."""
+    from train.cache import FeatureCache
+    from train.datasets import LabelMap, check_files_exist, load_manifest, take_evenly
+
+    started = time.perf_counter()
+    label_map = LabelMap.from_toml(args.label_map) if args.label_map else None
+    clips = load_manifest(
+        args.manifest,
+        label_map=label_map,
+        label_column=args.label_column,
+        check_files=args.limit is None,
+    )
+    if args.limit is not None:  # check only the files we will read
+        clips = take_evenly(clips, args.limit)
+        check_files_exist(clips, f"manifest {args.manifest}")
+    cache = FeatureCache(args.cache, _feature_config(args.feature_config))
+    # mmap: the table needs only the entries to exist, not 200 MB of features in memory
+    result = cache.load_many(clips, strict=args.strict, progress=sys.stderr.isatty(), mmap=True)
+    table = stats_table(
+        [clip.label for clip in result.clips],
+        result.durations_s,
+        [clip.group for clip in result.clips],
+        len(result.skipped),
+    )
+    print(f"{args.manifest}\n\n{table}")
+    elapsed = time.perf_counter() - started
+    log.info(
+        "%d clips in %.2f s: %d features computed, %d read from the cache (%s), %d skipped",
+        len(clips),
+        elapsed,
+        result.misses,
+        result.hits,
+        cache.feature_dir,
+        len(result.skipped),
+    )
+    return 0
