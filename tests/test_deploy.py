@@ -1,0 +1,303 @@
+"""deploy/: the installer runs in a throw-away root, the systemd unit passes systemd's checks.
+
+The installer runs for real (venv, pip, useradd, systemctl --root) but inside a temporary root:
+accounts go to ROOT/etc/passwd through ``useradd --prefix``, the service is enabled offline with
+``systemctl --root``, apt and starting the service are skipped. The runtime comes from a local
+wheelhouse (the checkout built as a wheel plus its dependencies' wheels) so the install is
+offline and fast, and the venv is what a device gets: edge_detect and its dependencies, no torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+INSTALL_SH = DEPLOY / "install.sh"
+UNIT = DEPLOY / "edge-detect.service"
+UNIT_EXEC = "/opt/edge-detect/venv/bin/edge-detect"
+MAX_EXPOSURE = 2.0
+IS_ROOT = os.geteuid() == 0
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or shutil.which("bash") is None, reason="the installer is for Linux"
+)
+
+
+def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout as a wheel, plus wheels of its dependencies for this Python."""
+    house = tmp_path_factory.mktemp("wheelhouse")
+    # Build from a copy of the package files: other tools' build/ folders in the checkout stay
+    # untouched and cannot leak into the wheel.
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(
+        ROOT / "edge_detect", src / "edge_detect", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    isolation = [] if importlib.util.find_spec("setuptools") else ["--use-pep517"]
+    build = _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(house)]
+        + (["--no-build-isolation"] if not isolation else isolation)
+        + [str(src)]
+    )
+    assert build.returncode == 0, build.stderr
+    wheel = next(house.glob("edge_detect-*.whl"))
+    fetch = _run(
+        [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(house)]
+        + [str(wheel)]
+    )
+    if fetch.returncode != 0:
+        pytest.skip(
+            f"could not fetch the runtime's dependency wheels (PyPI): {fetch.stderr[-300:]}"
+        )
+    return house
+
+
+def _fake_root(path: Path) -> Path:
+    """An empty system root with the account files useradd --prefix expects."""
+    (path / "etc").mkdir(parents=True)
+    (path / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (path / "etc" / "group").write_text("root:x:0:\naudio:x:29:\n")
+    for name in ("shadow", "gshadow"):
+        (path / "etc" / name).write_text("")
+        (path / "etc" / name).chmod(0o600)
+    return path
+
+
+def _install(root: Path, wheelhouse: Path, *extra: str, env: dict[str, str] | None = None):
+    wheel = next(wheelhouse.glob("edge_detect-*.whl"))
+    cmd = [
+        "bash",
+        str(INSTALL_SH),
+        "--root",
+        str(root),
+        "--source",
+        str(wheel),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--python",
+        sys.executable,
+        *extra,
+    ]
+    if not IS_ROOT:
+        cmd.append("--no-user")
+    return _run(cmd, env={**os.environ, **(env or {})})
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
+    """Every path under root with its mode, owner, group, size and modification time."""
+    out = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        out[str(path.relative_to(root))] = (
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            st.st_mtime_ns,
+        )
+    return out
+
+
+def _group_id(root: Path, name: str) -> int | None:
+    for line in (root / "etc" / "group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    return None
+
+
+@pytest.fixture(scope="module")
+def example_config() -> Path:
+    path = DEPLOY / "edge-detect.toml"
+    if not path.is_file():
+        pytest.skip(f"{path} (the runtime's commented example config) is not in this checkout yet")
+    return path
+
+
+@pytest.fixture(scope="module")
+def installed(
+    example_config: Path, tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path
+) -> Path:
+    host_passwd = Path("/etc/passwd").read_bytes()
+    root = _fake_root(tmp_path_factory.mktemp("sysroot"))
+    result = _install(root, wheelhouse)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert Path("/etc/passwd").read_bytes() == host_passwd, "the installer touched this machine"
+    return root
+
+
+def test_install_creates_venv_with_runtime_and_without_torch(installed: Path) -> None:
+    venv_python = installed / "opt/edge-detect/venv/bin/python"
+    probe = _run(
+        [
+            str(venv_python),
+            "-c",
+            "import importlib.util, edge_detect, numpy, onnxruntime, soxr, sounddevice;"
+            "print(edge_detect.__version__, importlib.util.find_spec('torch') is None)",
+        ]
+    )
+    # sounddevice needs libportaudio2; without it the import fails, which is not our concern here.
+    if probe.returncode != 0 and "PortAudio library not found" in probe.stderr:
+        probe = _run(
+            [
+                str(venv_python),
+                "-c",
+                "import importlib.util, edge_detect, onnxruntime;"
+                "print(edge_detect.__version__, importlib.util.find_spec('torch') is None)",
+            ]
+        )
+    assert probe.returncode == 0, probe.stderr
+    from edge_detect import __version__
+
+    assert probe.stdout.split() == [__version__, "True"]
+    version = _run([str(installed / "opt/edge-detect/venv/bin/edge-detect"), "--version"])
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"edge-detect {__version__}"
+
+
+def test_install_writes_private_config_unit_and_state_dir(installed: Path) -> None:
+    config = installed / "etc/edge-detect/config.toml"
+    assert config.stat().st_mode & 0o777 == 0o640
+    assert (installed / "etc/edge-detect").stat().st_mode & 0o777 == 0o750
+    assert config.read_bytes() == (DEPLOY / "edge-detect.toml").read_bytes()
+    unit = installed / "etc/systemd/system/edge-detect.service"
+    assert unit.read_bytes() == UNIT.read_bytes()
+    assert unit.stat().st_mode & 0o777 == 0o644
+    state = installed / "var/lib/edge-detect"
+    assert state.stat().st_mode & 0o777 == 0o750
+    if shutil.which("systemctl"):
+        wants = installed / "etc/systemd/system/multi-user.target.wants/edge-detect.service"
+        assert (
+            wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edge-detect.service"
+        )
+    if IS_ROOT:
+        gid = _group_id(installed, "edge-detect")
+        assert gid is not None, "the service group was not created in the throw-away root"
+        assert (config.stat().st_uid, config.stat().st_gid) == (0, gid)
+        assert state.stat().st_gid == gid
+        audio = next(
+            line
+            for line in (installed / "etc/group").read_text().splitlines()
+            if line.startswith("audio:")
+        )
+        assert "edge-detect" in audio.split(":")[3].split(",")
+        passwd = (installed / "etc/passwd").read_text()
+        assert re.search(
+            r"^edge-detect:x:\d+:\d+:[^:]*:/var/lib/edge-detect:/usr/sbin/nologin$", passwd, re.M
+        ), passwd
+
+
+def test_second_run_changes_nothing(installed: Path, wheelhouse: Path) -> None:
+    before = _snapshot(installed)
+    result = _install(installed, wheelhouse)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "runtime: up to date" in result.stdout
+    assert "config: kept" in result.stdout
+    after = _snapshot(installed)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert changed == []
+
+
+def test_32bit_arm_is_refused_plainly(tmp_path: Path, wheelhouse: Path) -> None:
+    root = tmp_path / "pi"
+    for env in ({"EDGE_DETECT_MACHINE": "armv7l"}, {"EDGE_DETECT_DPKG_ARCH": "armhf"}):
+        result = _install(root, wheelhouse, env=env)
+        assert result.returncode == 1
+        assert "32-bit ARM" in result.stderr and "64-bit" in result.stderr
+        assert "onnxruntime" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not root.exists(), "nothing may be written before the architecture check"
+
+
+def test_bad_option_says_what_is_wrong(tmp_path: Path) -> None:
+    result = _run(["bash", str(INSTALL_SH), "--root", str(tmp_path), "--frobnicate"])
+    assert result.returncode == 1
+    assert "unknown option '--frobnicate'" in result.stderr
+    purge = _run(["bash", str(INSTALL_SH), "--root", str(tmp_path), "--purge"])
+    assert purge.returncode == 1 and "--purge only goes with --uninstall" in purge.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_passes_systemd_analyze_verify(installed: Path, tmp_path: Path) -> None:
+    # verify insists that ExecStart exists on this machine; point it at the venv installed in the
+    # throw-away root, leaving every other line as shipped.
+    binary = installed / UNIT_EXEC.lstrip("/")
+    unit = tmp_path / "edge-detect.service"
+    unit.write_text(UNIT.read_text().replace(UNIT_EXEC, str(binary)))
+    result = _run(["systemd-analyze", "verify", "--man=no", str(unit)])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    # The shipped file itself fails only because /opt/edge-detect is not installed here.
+    shipped = _run(["systemd-analyze", "verify", "--man=no", str(UNIT)])
+    problems = [line for line in shipped.stderr.splitlines() if line.strip()]
+    assert all("is not executable" in line for line in problems), problems
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_security_exposure_is_at_most_2() -> None:
+    result = _run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)])
+    match = re.search(r"Overall exposure level for edge-detect\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-500:] + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE
+    text = UNIT.read_text()
+    for directive in (
+        "User=edge-detect",
+        "Restart=on-failure",
+        "StateDirectory=edge-detect",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "DeviceAllow=char-alsa rw",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=\n",
+    ):
+        assert directive in text, directive
+
+
+def test_uninstall_keeps_config_and_data_purge_removes_them(
+    installed: Path, wheelhouse: Path
+) -> None:
+    # Runs last in this module: it takes the shared installation apart.
+    config = installed / "etc/edge-detect/config.toml"
+    config.write_text(config.read_text() + "\n# edited by the user\n")
+    rerun = _install(installed, wheelhouse)
+    assert rerun.returncode == 0, rerun.stderr
+    assert config.read_text().endswith("# edited by the user\n"), (
+        "an existing config was overwritten"
+    )
+    assert (installed / "etc/edge-detect/config.toml.example").is_file()
+
+    data = installed / "var/lib/edge-detect/outbox.sqlite"
+    data.write_bytes(b"pending alerts")
+    result = _install(installed, wheelhouse, "--uninstall")
+    assert result.returncode == 0, result.stderr
+    assert not (installed / "opt/edge-detect").exists()
+    assert not (installed / "etc/systemd/system/edge-detect.service").exists()
+    assert not (
+        installed / "etc/systemd/system/multi-user.target.wants/edge-detect.service"
+    ).exists()
+    assert config.read_text().endswith("# edited by the user\n")
+    assert data.read_bytes() == b"pending alerts"
+
+    purge = _install(installed, wheelhouse, "--uninstall", "--purge")
+    assert purge.returncode == 0, purge.stderr
+    assert not (installed / "etc/edge-detect").exists()
+    assert not (installed / "var/lib/edge-detect").exists()
+    assert "edge-detect:" not in (installed / "etc/passwd").read_text()
