@@ -1,0 +1,487 @@
+"""Webhook delivery against a real HTTP server on 127.0.0.1.
+
+The receiver verifies every signature with the independent ``standardwebhooks`` package and is
+idempotent (it processes each ``webhook-id`` once), as a well-behaved receiver would be.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from edge_detect.alerts import Alert, HealthEvent
+from edge_detect.errors import ConfigError
+from edge_detect.outbox import Outbox
+from edge_detect.webhook import (
+    Backoff,
+    Secret,
+    WebhookEndpoint,
+    WebhookSink,
+    redact_url,
+    webhook_endpoint_from_settings,
+)
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.2, give_up_after_s=60.0)
+
+
+def make_alert(seq: int, label: str = "dog_bark") -> Alert:
+    return Alert(
+        id=uuid.uuid4().hex,
+        seq=seq,
+        label=label,
+        score=0.9,
+        start="2026-01-01T00:00:00+00:00",
+        end="2026-01-01T00:00:01+00:00",
+        duration_s=1.0,
+        device="test-pi",
+        model_id="m1",
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+class Receiver:
+    """A webhook receiver on a real socket whose behaviour per request is scripted.
+
+    Actions: ``"200"`` (default), any status (``"500"``, ``"410"``), ``"429:1"`` (Retry-After),
+    ``"slow:S"`` (answer 200 after S seconds), ``"garbage"`` (a non-HTTP answer), ``"reset"``
+    (TCP reset after reading the request); ``"@S"`` suffix: wait S seconds first.
+    """
+
+    def __init__(self, secret: str = SECRET, actions: list[str] | None = None) -> None:
+        self.verifier = Webhook(secret)
+        self.actions = list(actions or [])
+        self.lock = threading.Lock()
+        self.received: list[tuple[float, dict[str, str], bytes]] = []
+        self.processed: dict[str, dict] = {}  # webhook-id -> payload, insertion-ordered
+        self.bad_signatures = 0
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.lock:
+                    receiver.received.append((time.monotonic(), headers, body))
+                    action = receiver.actions.pop(0) if receiver.actions else "200"
+                action, _, pause = action.partition("@")
+                if pause:
+                    time.sleep(float(pause))
+                if action == "reset":
+                    linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if action == "garbage":
+                    self.wfile.write(b"\x00\x01 this is not HTTP \xff\r\n\r\n")
+                    self.close_connection = True
+                    return
+                if action.startswith("slow:"):
+                    time.sleep(float(action.split(":")[1]))
+                    action = "200"
+                status, _, retry_after = action.partition(":")
+                if status == "200":
+                    try:
+                        payload = receiver.verifier.verify(body, headers)
+                    except WebhookVerificationError:
+                        receiver.bad_signatures += 1
+                        status = "401"
+                    else:
+                        with receiver.lock:
+                            receiver.processed.setdefault(headers["webhook-id"], payload)
+                answer = b"nope, not this one" if status != "200" else b"ok"
+                self.send_response(int(status))
+                if retry_after:
+                    self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [h["webhook-id"] for _, h, _ in self.received]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def make_sink(tmp_path: Path, *endpoints: WebhookEndpoint) -> WebhookSink:
+    return WebhookSink(list(endpoints), tmp_path / "outbox.sqlite")
+
+
+def endpoint(url: str, **kw: object) -> WebhookEndpoint:
+    settings: dict = {"secret": Secret(SECRET), "backoff": FAST, "timeout_s": 2.0, "name": "hook"}
+    settings.update(kw)
+    return WebhookEndpoint(url=url, **settings)
+
+
+def test_signed_bodies_verified_by_standardwebhooks(tmp_path: Path, receiver: Receiver) -> None:
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    alerts = [make_alert(i) for i in range(3)]
+    health = HealthEvent(
+        id="h1", seq=1, event="started", time="2026-01-01T00:00:00+00:00", device="d"
+    )
+    try:
+        for message in [*alerts, health]:
+            sink.emit(message)
+        assert sink.flush(10)
+    finally:
+        sink.close()
+    assert receiver.bad_signatures == 0
+    assert list(receiver.processed) == [a.id for a in alerts] + ["h1"]
+    for (_, headers, body), message in zip(receiver.received, [*alerts, health], strict=True):
+        assert body == message.to_json().encode()  # the documented schema, byte for byte
+        assert headers["content-type"] == "application/json"
+        assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+
+
+def test_class_filters_route_each_endpoint(tmp_path: Path, receiver: Receiver) -> None:
+    other = Receiver()
+    try:
+        sink = make_sink(
+            tmp_path,
+            endpoint(receiver.url, name="barks", classes=frozenset({"dog_bark"}), health=False),
+            endpoint(other.url, name="babies", classes=frozenset({"baby_cry"})),
+        )
+        bark, cry = make_alert(1, "dog_bark"), make_alert(2, "baby_cry")
+        health = HealthEvent(id="h", seq=1, event="heartbeat", time="t", device="d")
+        for message in (bark, cry, health):
+            sink.emit(message)
+        assert sink.flush(10)
+        sink.close()
+        assert list(receiver.processed) == [bark.id]
+        assert list(other.processed) == [cry.id, "h"]
+    finally:
+        other.stop()
+
+
+def test_endpoint_down_then_back_delivers_all_in_order_once(tmp_path: Path) -> None:
+    receiver = Receiver()
+    url = receiver.url
+    receiver.stop()  # down: connections are refused
+    sink = make_sink(tmp_path, endpoint(url))
+    alerts = [make_alert(i) for i in range(20)]
+    try:
+        for alert in alerts:
+            sink.emit(alert)
+        assert wait_until(lambda: sink.stats["hook"].retries >= 3)
+        assert sink.outbox.pending_count("hook") == 20  # nothing lost while down
+        receiver.start()  # back, same port
+        assert sink.flush(10)
+    finally:
+        sink.close()
+        receiver.stop()
+    assert list(receiver.processed) == [a.id for a in alerts]  # all, in order, once each
+    assert receiver.ids() == [a.id for a in alerts]  # no duplicate request either
+    assert receiver.bad_signatures == 0
+
+
+def test_sigkill_with_pending_alerts_then_restart_delivers_all(tmp_path: Path) -> None:
+    receiver = Receiver()
+    url = receiver.url
+    receiver.stop()
+    outbox = tmp_path / "outbox.sqlite"
+    child = textwrap.dedent(
+        f"""
+        import time, uuid
+        from edge_detect.alerts import Alert
+        from edge_detect.webhook import Backoff, Secret, WebhookEndpoint, WebhookSink
+        ep = WebhookEndpoint(url={url!r}, secret=Secret({SECRET!r}), name="hook",
+                             backoff=Backoff(initial_s=0.05, max_s=0.2))
+        sink = WebhookSink([ep], {str(outbox)!r})
+        for i in range(10):
+            alert = Alert(id=uuid.uuid4().hex, seq=i, label="baby_cry", score=0.8,
+                          start="s", end="e", duration_s=1.0, device="d", model_id="m")
+            sink.emit(alert)
+            print(alert.id, flush=True)
+        time.sleep(60)
+        """
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    ids = [proc.stdout.readline().strip() for _ in range(10)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    receiver.start()
+    sink = make_sink(tmp_path, endpoint(url))  # the restarted detector, same outbox
+    try:
+        assert sink.flush(10)
+    finally:
+        sink.close()
+        receiver.stop()
+    assert list(receiver.processed) == ids
+
+
+def test_slow_response_times_out_then_retries_with_same_id(tmp_path: Path) -> None:
+    receiver = Receiver(actions=["slow:1.0"])
+    sink = make_sink(tmp_path, endpoint(receiver.url, timeout_s=0.3))
+    alert = make_alert(1)
+    try:
+        sink.emit(alert)
+        assert sink.flush(10)
+        assert wait_until(lambda: len(receiver.received) == 2)
+    finally:
+        sink.close()
+    assert wait_until(lambda: len(receiver.processed) == 1)  # the slow handler also finishes
+    receiver.stop()
+    assert receiver.ids() == [alert.id, alert.id]  # a retry, with the same webhook-id
+    assert list(receiver.processed) == [alert.id]  # ... processed once by the receiver
+    assert sink.stats["hook"].retries == 1
+
+
+def test_server_errors_back_off_then_deliver(tmp_path: Path) -> None:
+    receiver = Receiver(actions=["500", "503", "200"])
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    alert = make_alert(1)
+    try:
+        sink.emit(alert)
+        assert sink.flush(10)
+    finally:
+        sink.close()
+        receiver.stop()
+    times = [t for t, _, _ in receiver.received]
+    assert receiver.ids() == [alert.id] * 3
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # Jittered exponential backoff: at least (1 - jitter) * 0.05 s, then * 0.1 s.
+    assert gaps[0] >= 0.025 and gaps[1] >= 0.05
+    assert list(receiver.processed) == [alert.id]
+
+
+def test_429_honours_retry_after(tmp_path: Path) -> None:
+    receiver = Receiver(actions=["429:1"])
+    sink = make_sink(tmp_path, endpoint(receiver.url, backoff=Backoff(initial_s=0.05, max_s=5.0)))
+    try:
+        sink.emit(make_alert(1))
+        assert sink.flush(10)
+    finally:
+        sink.close()
+        receiver.stop()
+    (t0, _, _), (t1, _, _) = receiver.received
+    assert t1 - t0 >= 0.95  # Retry-After: 1, not the 0.05 s backoff
+
+
+def test_410_disables_endpoint_and_dead_letters_its_queue(tmp_path: Path) -> None:
+    receiver = Receiver(actions=["410@0.3"])
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    alerts = [make_alert(i) for i in range(3)]
+    try:
+        for alert in alerts:  # all queued while the first request waits for its 410
+            sink.emit(alert)
+        assert wait_until(lambda: "hook" in sink.disabled())
+        sink.emit(make_alert(9))  # not queued: the endpoint is disabled
+        dead = sink.outbox.dead_letters("hook")
+    finally:
+        sink.close()
+    assert [d.message_id for d in dead] == [a.id for a in alerts]
+    assert all("410" in d.reason for d in dead)
+    assert receiver.ids() == [alerts[0].id]
+    # Still disabled after a restart with the same URL; a new URL enables it again.
+    with Outbox(tmp_path / "outbox.sqlite") as box:
+        assert box.register_endpoint("hook", endpoint(receiver.url).target_digest) is not None
+    receiver.stop()
+
+
+def test_other_4xx_dead_letters_with_reason_and_moves_on(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.actions = ["400"]
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    first, second = make_alert(1), make_alert(2)
+    try:
+        sink.emit(first)
+        sink.emit(second)
+        assert sink.flush(10)
+        (dead,) = sink.outbox.dead_letters("hook")
+    finally:
+        sink.close()
+    assert dead.message_id == first.id
+    assert dead.reason == "HTTP 400 Bad Request: nope, not this one"
+    assert list(receiver.processed) == [second.id]
+
+
+def test_garbage_answer_and_connection_reset_are_retried(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.actions = ["garbage", "reset", "200"]
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    alert = make_alert(1)
+    try:
+        sink.emit(alert)
+        assert sink.flush(10)
+        stats = sink.stats["hook"]
+    finally:
+        sink.close()
+    assert receiver.ids() == [alert.id] * 3
+    assert (stats.attempts, stats.retries, stats.delivered, stats.dead) == (3, 2, 1, 0)
+    assert list(receiver.processed) == [alert.id]
+
+
+def test_gives_up_after_the_retry_budget(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.actions = ["503"] * 50
+    budget = Backoff(initial_s=0.02, factor=2.0, max_s=0.04, give_up_after_s=0.1)
+    sink = make_sink(tmp_path, endpoint(receiver.url, backoff=budget))
+    try:
+        sink.emit(make_alert(1))
+        assert wait_until(lambda: sink.stats["hook"].dead == 1)
+        (dead,) = sink.outbox.dead_letters("hook")
+    finally:
+        sink.close()
+    assert budget.max_attempts() == 4  # 0.02 + 0.04 + 0.04 >= 0.1
+    assert dead.reason.startswith("gave up after 4 attempts: HTTP 503")
+    assert len(receiver.received) == 4
+
+
+def test_emit_never_waits_for_a_slow_endpoint(tmp_path: Path) -> None:
+    receiver = Receiver(actions=["slow:0.5"] * 3)
+    sink = make_sink(tmp_path, endpoint(receiver.url, timeout_s=5.0))
+    try:
+        durations = []
+        for i in range(20):
+            start = time.perf_counter()
+            sink.emit(make_alert(i))
+            durations.append(time.perf_counter() - start)
+        assert max(durations) < 0.25  # a commit, not a request
+        assert sink.flush(10)
+    finally:
+        sink.close()
+        receiver.stop()
+    assert len(receiver.processed) == 20
+
+
+def test_secrets_never_appear_in_logs_reprs_or_errors(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "tok3nS3cr3tValue"
+    receiver.actions = ["500", "400"]
+    url = receiver.url.replace("http://", "http://user:pa55word@") + f"?token={token}"
+    ep = endpoint(url)
+    sink = make_sink(tmp_path, ep)
+    with caplog.at_level(logging.DEBUG, logger="edge_detect"):
+        try:
+            sink.emit(make_alert(1))
+            sink.emit(make_alert(2))
+            assert sink.flush(10)
+            texts = [caplog.text, repr(sink), repr(ep), str(ep), repr(sink.stats), repr(ep.secret)]
+            texts += [d.reason for d in sink.outbox.dead_letters()]
+        finally:
+            sink.close()
+    for bad in ("whsec_Zm9v!!", "whsec_" + base64.b64encode(b"short").decode(), "nope" + SECRET):
+        with pytest.raises(ConfigError) as info:
+            Secret(bad)
+        texts.append(str(info.value))
+        assert bad not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        webhook_endpoint_from_settings({"url": url, "secret": SECRET[:-5]})
+    texts.append(str(info.value))
+    text = "\n".join(texts)
+    assert "webhook" in caplog.text  # the failures were logged ...
+    for leak in (SECRET, SECRET[6:], SECRET[:-5], token, "pa55word"):  # ... without any secret
+        assert leak not in text
+    assert redact_url(url) == receiver.url
+    assert len(receiver.processed) == 1  # the token and user info still reached the server
+
+
+def test_endpoint_from_toml_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    ep = webhook_endpoint_from_settings(
+        {
+            "url": "https://example.org/hook",
+            "secret_file": str(secret_file),
+            "classes": ["baby_cry"],
+            "timeout_s": 3,
+            "backoff_initial_s": 2,
+            "backoff_max_s": 600,
+            "give_up_after_s": 7200,
+        }
+    )
+    assert ep.secret == Secret(SECRET) and ep.classes == frozenset({"baby_cry"})
+    assert (ep.timeout_s, ep.backoff.initial_s, ep.backoff.max_s) == (3.0, 2.0, 600.0)
+    assert ep.name == "https://example.org/hook" and ep.health
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    assert webhook_endpoint_from_settings({"url": "http://h/x", "secret_env": "HOOK_SECRET"}).secret
+    bad = [
+        ({"url": "ftp://h/x"}, "https://host"),
+        ({"url": "http://h/x", "urll": 1}, "unknown key"),
+        ({"url": "http://h/x", "timeout_s": "10"}, "timeout_s must be a number"),
+        ({"url": "http://h/x", "timeout_s": 0}, "timeout_s must be > 0"),
+        ({"url": "http://h/x", "classes": "dog_bark"}, "classes must be a list"),
+        ({"url": "http://h/x", "backoff_max_s": 1}, "max_s >= initial_s"),
+        ({"url": "http://h/x", "secret_env": "NOT_SET_ANYWHERE_42"}, "is not set"),
+        ({"url": "http://h/x", "secret": SECRET, "secret_env": "X"}, "give only one of"),
+    ]
+    for settings, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            webhook_endpoint_from_settings(settings)
+    with pytest.raises(ConfigError, match="unique name"):
+        WebhookSink([ep, ep], tmp_path / "o.sqlite")
+
+
+def test_body_is_the_alert_json(tmp_path: Path, receiver: Receiver) -> None:
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    alert = make_alert(7, "glass_break")
+    try:
+        sink.emit(alert)
+        assert sink.flush(10)
+    finally:
+        sink.close()
+    payload = receiver.processed[alert.id]
+    assert payload == json.loads(alert.to_json())
+    assert Alert.from_dict(payload) == alert
