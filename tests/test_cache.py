@@ -148,6 +148,18 @@ def test_load_many_skips_and_reports_bad_clips(tmp_path: Path) -> None:
     assert [len(w) for w in waves.features] == [4_000, 8_000, 12_000]
 
 
+def test_load_false_only_fills_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clips = [_clip(_write(tmp_path / f"{i}.wav", seconds=0.5 * (i + 1), seed=i)) for i in range(2)]
+    filled = FeatureCache(tmp_path / "cache").load_many(clips, progress=False, load=False)
+    assert filled.features == [] and filled.misses == 2
+    assert filled.durations_s == pytest.approx([0.5, 1.0])
+    _no_decoding(monkeypatch)
+    checked = FeatureCache(tmp_path / "cache").load_many(clips, progress=False, load=False)
+    assert (checked.hits, checked.features, checked.durations_s) == (2, [], filled.durations_s)
+    loaded = FeatureCache(tmp_path / "cache").load_many(clips, progress=False)
+    assert [f.shape for f in loaded.features] == [(48, 64), (98, 64)]
+
+
 def test_damaged_entry_is_recomputed(tmp_path: Path) -> None:
     audio = _write(tmp_path / "a.wav")
     cache = FeatureCache(tmp_path / "cache")

@@ -140,7 +140,8 @@ class LoadResult:
 
     ``clips[i]`` has array ``features[i]`` (float32 ``(frames, n_mels)`` for ``what="features"``,
     ``(samples,)`` at the config's rate for ``what="audio"``) and decoded duration
-    ``durations_s[i]``. Clips that could not be read are in ``skipped`` with the reason.
+    ``durations_s[i]`` (``features`` is empty when called with ``load=False``). Clips that
+    could not be read are in ``skipped`` with the reason.
     """
 
     clips: list[Clip] = field(default_factory=list)
@@ -322,6 +323,7 @@ class FeatureCache:
         strict: bool = False,
         progress: bool = True,
         mmap: bool = False,
+        load: bool = True,
     ) -> LoadResult:
         """Features (or waveforms) of many clips, skipping and reporting the unreadable ones.
 
@@ -336,6 +338,9 @@ class FeatureCache:
             Show a progress bar on stderr (when tqdm is installed).
         mmap : bool
             Map cached arrays read-only instead of reading them (fast when only a few are used).
+        load : bool
+            False: only make sure every entry is in the cache (compute the missing ones) and
+            measure durations; ``features`` stays empty. What ``edge-detect data stats`` does.
 
         Returns
         -------
@@ -350,7 +355,11 @@ class FeatureCache:
             for clip in _progress(clips, progress, f"{what} ({self.root})"):
                 try:
                     content = self.content_hash(clip.path)
-                    if what == "features":
+                    directory = self.feature_dir if what == "features" else self.audio_dir
+                    array: npt.NDArray[np.float32] | None = None
+                    if not load and self._entry(directory, content).is_file():
+                        hit = True
+                    elif what == "features":
                         array, hit = self._features(clip.path, content, mmap)
                     else:
                         array, hit = self._audio(clip.path, content, store=True, mmap=mmap)
@@ -362,7 +371,8 @@ class FeatureCache:
                     result.skipped.append((clip, str(exc)))
                     continue
                 result.clips.append(clip)
-                result.features.append(array)
+                if array is not None and load:
+                    result.features.append(array)
                 result.durations_s.append(samples / rate)
                 if hit:
                     result.hits += 1

@@ -167,8 +167,8 @@ def run_stats(args: argparse.Namespace) -> int:
         clips = take_evenly(clips, args.limit)
         check_files_exist(clips, f"manifest {args.manifest}")
     cache = FeatureCache(args.cache, _feature_config(args.feature_config))
-    # mmap: the table needs only the entries to exist, not 200 MB of features in memory
-    result = cache.load_many(clips, strict=args.strict, progress=sys.stderr.isatty(), mmap=True)
+    # load=False: the table needs the entries to exist, not 200 MB of features in memory
+    result = cache.load_many(clips, strict=args.strict, progress=sys.stderr.isatty(), load=False)
     table = stats_table(
         [clip.label for clip in result.clips],
         result.durations_s,
