@@ -213,6 +213,8 @@ class Pipeline:
             device=self.device_name,
             detail=detail,
         )
+        level = logging.WARNING if event in ("microphone_lost", "overflow") else logging.INFO
+        log.log(level, "health: %s %s", event, detail)
         self._emit(message)
         return message
 

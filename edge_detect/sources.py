@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from edge_detect.audio import (
     PCM_FORMATS,
+    Audio,
     StreamingResampler,
     check_rate,
     pcm_to_float,
@@ -53,7 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HealthCallback = Callable[[str, str], None]
+HealthCallback = Callable[[str, str], object]
 """``callback(event, detail)``: event is 'microphone_lost', 'microphone_restored' or 'overflow'."""
 
 MIN_BLOCK_MS = 5.0
@@ -103,16 +104,23 @@ class WavFileSource:
     """A WAV file, as fast as possible or paced in real time (as a microphone would deliver it).
 
     Block end times are the start time plus the audio's own time, so alert times of a file run
-    say where in the file the event is (relative to when the run began).
+    say where in the file the event is (relative to when the run began). ``audio`` replaces
+    reading ``path`` (audio already decoded, e.g. FLAC by an evaluation tool).
     """
 
     def __init__(
-        self, path: str | Path, sample_rate_hz: int, *, block_ms: float = 100.0, realtime: bool
+        self,
+        path: str | Path,
+        sample_rate_hz: int,
+        *,
+        block_ms: float = 100.0,
+        realtime: bool,
+        audio: Audio | None = None,
     ) -> None:
         self.name = str(path)
         self.sample_rate_hz = check_rate(sample_rate_hz, "model sample rate")
         self._block = block_samples(block_ms, self.sample_rate_hz)
-        audio = read_wav(path)
+        audio = read_wav(path) if audio is None else audio
         self.file_sample_rate_hz = audio.sample_rate_hz
         mono = to_mono(audio.samples)
         self._samples = resample(mono, audio.sample_rate_hz, self.sample_rate_hz)

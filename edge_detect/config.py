@@ -1,0 +1,250 @@
+"""The detector's runtime configuration: a TOML file, overridable by command-line flags.
+
+Every key is checked when the file is read; a wrong key, type or value raises
+:class:`~edge_detect.errors.ConfigError` naming the file, the key, what was expected and what
+arrived. ``deploy/edge-detect.toml`` is a commented example of every key. Layout::
+
+    model = ""                 # top level: model, device_name, threads
+    [input]                    # source, device, block_ms, realtime, rate_hz, format, channels, ...
+    [detection]                # alert_on; [detection.<class>] overrides the model's settings
+    [state]                    # the recurrent-state policy (edge_detect.pipeline.StatePolicy)
+    [sinks]                    # stdout, health_stdout; [sinks.<kind>] for other outputs
+
+Other outputs (webhooks, MQTT, ...) register a builder in :data:`SINK_BUILDERS`; a
+``[sinks.<kind>]`` table is handed to it unchanged, and the builder validates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_detect.audio import PCM_FORMATS, check_rate
+from edge_detect.detect import ClassDetection
+from edge_detect.errors import ConfigError, EdgeDetectError
+from edge_detect.pipeline import ALERT_ON, StatePolicy
+from edge_detect.sinks import Sink
+from edge_detect.sources import block_samples, check_device_spec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["SINK_BUILDERS", "RuntimeConfig", "config_from_dict", "load_config"]
+
+SinkBuilder = Callable[[Mapping[str, Any], "RuntimeConfig"], Sink]
+SINK_BUILDERS: dict[str, SinkBuilder] = {}
+"""Builders of the outputs configured by ``[sinks.<kind>]`` tables, by kind."""
+
+INPUT_KEYS = (
+    "source",
+    "device",
+    "block_ms",
+    "realtime",
+    "rate_hz",
+    "format",
+    "channels",
+    "stall_timeout_s",
+    "backoff_max_s",
+)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Everything ``edge-detect run`` needs besides the model's own metadata."""
+
+    model: str | None = None
+    """Path of the .onnx model; None = the bundled default model."""
+    device_name: str | None = None
+    """Name of this detector in alerts; None = the host name."""
+    threads: int = 1
+    """ONNX Runtime threads (1 suits a Raspberry Pi: audio and model do not fight over cores)."""
+    source: str = "mic"
+    """'mic', a WAV file path, or '-' for raw PCM on stdin."""
+    device: int | str | None = None
+    """Microphone: index or part of the name (``edge-detect devices``); None = the default."""
+    block_ms: float = 100.0
+    """Audio per block, in ms (the processing and latency granularity)."""
+    realtime: bool = False
+    """WAV input: deliver the file at the pace of a microphone instead of as fast as possible."""
+    rate_hz: int = 16_000
+    """Raw PCM on stdin: its sample rate, in Hz (resampled to the model's)."""
+    format: str = "s16le"
+    """Raw PCM on stdin: sample format (s16le, s32le or f32le)."""
+    channels: int = 1
+    """Raw PCM on stdin: interleaved channels (averaged to mono)."""
+    stall_timeout_s: float = 3.0
+    """Microphone: no audio for this long counts as a lost device, in s."""
+    backoff_max_s: float = 10.0
+    """Microphone: longest wait between reopen attempts, in s."""
+    alert_on: str = "onset"
+    """'onset' (alert when the event is confirmed) or 'end' (alert with the full duration)."""
+    detection: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-class overrides of the model's detection settings (only the keys given)."""
+    state: StatePolicy = field(default_factory=StatePolicy)
+    stdout: bool = True
+    """Write alerts as JSON lines on stdout."""
+    health_stdout: bool = False
+    """Also write health events on stdout (they always go to the log on stderr)."""
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Other outputs, ``{kind: table}``, built by :data:`SINK_BUILDERS`."""
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    def replace(self, **changes: Any) -> RuntimeConfig:
+        """A copy with ``changes`` applied (e.g. command-line flags), validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def detection_for(self, defaults: Mapping[str, ClassDetection]) -> dict[str, ClassDetection]:
+        """The model's per-class settings with this config's overrides applied."""
+        unknown = sorted(set(self.detection) - set(defaults))
+        if unknown:
+            raise ConfigError(
+                f"[detection] has settings for class(es) {unknown} that the model does not know; "
+                f"its classes are {sorted(defaults)}"
+            )
+        out = dict(defaults)
+        for label, override in self.detection.items():
+            merged = {**defaults[label].to_dict(), **override}
+            try:
+                out[label] = ClassDetection.from_dict(merged)
+            except ConfigError as exc:
+                raise ConfigError(f"[detection.{label}] with the model's defaults: {exc}") from None
+        return out
+
+
+def _fail(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config key {key!r}: expected {expected}, got {value!r}")
+
+
+def _number(key: str, value: Any, low: float, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, "a number", value)
+    if value < low or (high is not None and value > high):
+        span = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
+        raise _fail(key, f"a number {span}", value)
+
+
+def _check(c: RuntimeConfig) -> None:
+    for key in ("model", "device_name"):
+        value = getattr(c, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _fail(key, "a non-empty string (or leave it out)", value)
+    if isinstance(c.threads, bool) or not isinstance(c.threads, int) or not 1 <= c.threads <= 64:
+        raise _fail("threads", "a whole number from 1 to 64", c.threads)
+    if not isinstance(c.source, str) or not c.source:
+        raise _fail("input.source", "'mic', a WAV file path or '-' (stdin)", c.source)
+    check_device_spec(c.device)
+    try:
+        block_samples(c.block_ms, 16_000)
+    except ConfigError as exc:
+        raise ConfigError(f"config key 'input.block_ms': {exc}") from None
+    if not isinstance(c.realtime, bool):
+        raise _fail("input.realtime", "true or false", c.realtime)
+    try:
+        check_rate(c.rate_hz, "input.rate_hz")
+    except EdgeDetectError as exc:
+        raise ConfigError(f"config key 'input.rate_hz': {exc}") from None
+    if c.format not in PCM_FORMATS:
+        raise _fail("input.format", f"one of {sorted(PCM_FORMATS)}", c.format)
+    if isinstance(c.channels, bool) or not isinstance(c.channels, int) or not 1 <= c.channels:
+        raise _fail("input.channels", "a whole number >= 1", c.channels)
+    _number("input.stall_timeout_s", c.stall_timeout_s, 0.5)
+    _number("input.backoff_max_s", c.backoff_max_s, 0.1)
+    if c.alert_on not in ALERT_ON:
+        raise _fail("detection.alert_on", f"one of {list(ALERT_ON)}", c.alert_on)
+    for label, table in c.detection.items():
+        # validate keys and types now (thresholds are checked again against the model's values)
+        try:
+            ClassDetection.from_dict({**ClassDetection().to_dict(), **table})
+        except ConfigError as exc:
+            message = str(exc)
+            if not message.startswith("need 0 <= threshold_off"):
+                raise ConfigError(f"[detection.{label}]: {message}") from None
+    for key in ("stdout", "health_stdout"):
+        if not isinstance(getattr(c, key), bool):
+            raise _fail(f"sinks.{key}", "true or false", getattr(c, key))
+    for kind in c.sinks:
+        if kind not in SINK_BUILDERS:
+            raise ConfigError(
+                f"[sinks.{kind}] is not a known output; known: "
+                f"{sorted(SINK_BUILDERS) or 'none installed besides stdout'}"
+            )
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table, got {value!r}")
+    return dict(value)
+
+
+def _refuse_unknown(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {list(known)}")
+
+
+def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeConfig:
+    """Build a :class:`RuntimeConfig` from parsed TOML, refusing unknown keys."""
+    _refuse_unknown(
+        data, ("model", "device_name", "threads", "input", "detection", "state", "sinks"), where
+    )
+    kwargs: dict[str, Any] = {k: data[k] for k in ("model", "device_name", "threads") if k in data}
+    for key in ("model", "device_name"):
+        if kwargs.get(key) == "":
+            kwargs[key] = None  # "" in the file means "the default"
+    inputs = _table(data, "input", where)
+    _refuse_unknown(inputs, INPUT_KEYS, f"{where} [input]")
+    kwargs.update(inputs)
+    if "device" in kwargs:
+        kwargs["device"] = check_device_spec(kwargs["device"])
+    detection = _table(data, "detection", where)
+    if "alert_on" in detection:
+        kwargs["alert_on"] = detection.pop("alert_on")
+    for label, table in detection.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [detection.{label}] must be a table, got {table!r}")
+    kwargs["detection"] = detection
+    state = _table(data, "state", where)
+    _refuse_unknown(
+        state, tuple(f.name for f in dataclasses.fields(StatePolicy)), f"{where} [state]"
+    )
+    try:
+        kwargs["state"] = StatePolicy(**state)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [state] {exc}") from None
+    sinks = _table(data, "sinks", where)
+    for key in ("stdout", "health_stdout"):
+        if key in sinks:
+            kwargs[key] = sinks.pop(key)
+    for kind, table in sinks.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [sinks.{kind}] must be a table, got {table!r}")
+    kwargs["sinks"] = sinks
+    try:
+        return RuntimeConfig(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path | None) -> RuntimeConfig:
+    """Read a TOML config file; None gives the defaults."""
+    if path is None:
+        return RuntimeConfig()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_dict(data, str(path))
