@@ -1,0 +1,181 @@
+"""``edge-detect run`` as a subprocess: WAV and raw stdin input, signals, errors, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import FIXTURES, ROOT
+
+from edge_detect.audio import write_wav
+
+RATE = 16_000
+TINY = FIXTURES / "tiny_model.onnx"
+# Detection settings under which the random-weight fixture model alerts on a loud 300 Hz tone
+# (see tests/test_pipeline.py).
+TONE_CONFIG = """
+[detection.baby_cry]
+threshold_on = 0.215
+threshold_off = 0.214
+smoothing_ms = 50
+confirm_ms = 100
+[detection.dog_bark]
+enabled = false
+[detection.gun_shot]
+enabled = false
+"""
+
+
+def planted(seconds: float, tones: list[tuple[float, float]], rate: int = RATE) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.01, round(seconds * rate)).astype(np.float32)
+    for start, length in tones:
+        t = np.arange(round(length * rate)) / rate
+        i = round(start * rate)
+        x[i : i + len(t)] += (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    return x
+
+
+@pytest.fixture
+def tone_config(tmp_path):
+    path = tmp_path / "tone.toml"
+    path.write_text(TONE_CONFIG)
+    return path
+
+
+def edge_detect(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_detect", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+def lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_wav_input_gives_one_alert_line_and_nothing_else_on_stdout(tmp_path, tone_config):
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, planted(8.0, [(3.0, 1.0)]), RATE)
+    result = edge_detect("run", "--input", wav, "--model", TINY, "--config", tone_config)
+    assert result.returncode == 0, result.stderr
+    (alert,) = lines(result.stdout)
+    assert alert["class"] == "baby_cry" and alert["type"] == "alert"
+    assert alert["offset_s"] == pytest.approx(3.0, abs=0.3)
+    assert "health: started" in result.stderr and "health: stopping" in result.stderr
+
+    quiet = tmp_path / "quiet.wav"
+    write_wav(quiet, planted(8.0, []), RATE)
+    result = edge_detect("run", "--input", quiet, "--model", TINY, "--config", tone_config)
+    assert result.returncode == 0 and result.stdout == ""
+
+
+def test_raw_stereo_48k_on_stdin_is_resampled(tone_config):
+    mono = planted(6.0, [(2.0, 1.0)], rate=48_000)
+    pcm = np.clip(np.round(np.stack([mono, mono], axis=1) * 32767), -32768, 32767)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_detect", "run", "--input", "-", "--rate", "48000",
+         "--channels", "2", "--format", "s16le", "--model", str(TINY), "--config",
+         str(tone_config)],
+        input=pcm.astype("<i2").tobytes(), capture_output=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    (alert,) = lines(result.stdout.decode())
+    assert alert["class"] == "baby_cry"
+    assert alert["offset_s"] == pytest.approx(2.0, abs=0.3)
+
+
+def test_sigterm_finishes_the_event_in_progress_and_exits_cleanly(tmp_path, tone_config):
+    wav = tmp_path / "long.wav"
+    write_wav(wav, planted(20.0, [(1.0, 6.0)]), RATE)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_detect",
+            "run",
+            "--input",
+            str(wav),
+            "--realtime",
+            "--alert-on",
+            "end",
+            "--health-stdout",
+            "--model",
+            str(TINY),
+            "--config",
+            str(tone_config),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        started = json.loads(process.stdout.readline())
+        assert started["event"] == "started"
+        time.sleep(3.0)  # the tone (1 s to 7 s of the file) is going on
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    alert, stopping = lines(out)
+    assert alert["class"] == "baby_cry"
+    # the event was cut by the shutdown: it lasted from ~1 s to the signal (~3 s), not 6 s
+    assert 0.8 < alert["duration_s"] < 4.0
+    assert stopping["event"] == "stopping" and "stop requested" in stopping["detail"]
+    assert "SIGTERM received" in err
+
+
+def test_user_mistakes_get_a_message_and_exit_2_without_traceback(tmp_path):
+    not_wav = tmp_path / "x.wav"
+    not_wav.write_bytes(b"hello, this is not audio")
+    cases = [
+        (("--input", tmp_path / "missing.wav", "--model", TINY), "cannot read audio file"),
+        (("--input", not_wav, "--model", TINY), "not a WAV file"),
+        (("--input", not_wav, "--model", tmp_path / "no.onnx"), "does not exist"),
+        (("--input", not_wav, "--block-ms", 1, "--model", TINY), "block_ms=1"),
+        (("--config", tmp_path / "none.toml"), "cannot read config file"),
+        (("--input", "-", "--rate", 7, "--model", TINY), "rate_hz"),
+    ]
+    for args, message in cases:
+        result = edge_detect("run", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_runs_with_torch_unimportable(tmp_path, tone_config):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is not allowed in the runtime')\n")
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, planted(6.0, [(2.0, 1.0)]), RATE)
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    code = (
+        "import sys, runpy; sys.argv = ['edge-detect', 'run', '--input', sys.argv[1], "
+        "'--model', sys.argv[2], '--config', sys.argv[3]]; "
+        "import edge_detect.cli as c; rc = c.main(); "
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None; sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(wav), str(TINY), str(tone_config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [a["class"] for a in lines(result.stdout)] == ["baby_cry"]
