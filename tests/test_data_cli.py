@@ -88,3 +88,17 @@ def test_limit_and_label_map(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "| dog_bark | 1 | 0.0 | 1 |" in result.stdout  # a.wav, then c.wav (every 2nd row)
     assert "| background | 1 | 0.0 | 1 |" in result.stdout
+
+
+def test_feature_config_selects_its_own_cache_entries(tmp_path: Path) -> None:
+    manifest = _dataset(tmp_path)
+    config = tmp_path / "features.toml"
+    config.write_text("[features]\nn_mels = 32\nfmax_hz = 4000.0\n")
+    cache = tmp_path / "cache"
+    result = _run("data", "stats", "--manifest", manifest, "--feature-config", config, cache=cache)
+    assert result.returncode == 0, result.stderr
+    (entry_dir,) = cache.glob("logmel-*")
+    assert '"n_mels": 32' in (entry_dir / "feature_config.json").read_text()
+    config.write_text("[features]\nn_mels = 'many'\n")
+    bad = _run("data", "stats", "--manifest", manifest, "--feature-config", config, cache=cache)
+    assert bad.returncode == 2 and "n_mels" in bad.stderr and "Traceback" not in bad.stderr

@@ -356,3 +356,26 @@ def test_take_evenly_and_filter() -> None:
     assert filter_clips(clips, keep=lambda c: c.label == "rare") == [
         c for c in clips if c.label == "rare"
     ]
+
+
+# ---- public API ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["train.audio_io", "train.datasets", "train.cache", "train.data_cli"]
+)
+def test_all_lists_exactly_the_public_api(name: str) -> None:
+    import importlib
+    import inspect
+
+    module = importlib.import_module(name)
+    defined = {
+        attr
+        for attr, value in vars(module).items()
+        if not attr.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == name
+    }
+    exported = set(module.__all__)
+    assert all(hasattr(module, attr) for attr in exported)
+    assert defined <= exported, f"public but not in __all__: {sorted(defined - exported)}"

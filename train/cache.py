@@ -41,7 +41,7 @@ from edge_detect.features import FeatureConfig, log_mel
 from train.audio_io import read_audio
 from train.datasets import Clip
 
-__all__ = ["CACHE_ENV", "FeatureCache", "LoadResult", "default_cache_root"]
+__all__ = ["CACHE_ENV", "FeatureCache", "LoadResult", "config_hash", "default_cache_root"]
 
 log = logging.getLogger(__name__)
 

@@ -93,7 +93,7 @@ def register(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
         help="TOML with FeatureConfig fields (top level or a [features] table); "
         "none: the shared front end",
     )
-    stats.set_defaults(func=run_stats)
+    stats.set_defaults(func=_run_stats)
     data.set_defaults(func=_usage(data))
 
 
@@ -110,9 +110,9 @@ def _feature_config(path: Path | None) -> Any:
 
     if path is None:
         return FeatureConfig()
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -150,7 +150,7 @@ def stats_table(
     return "\n".join(lines)
 
 
-def run_stats(args: argparse.Namespace) -> int:
+def _run_stats(args: argparse.Namespace) -> int:
     """Handler of ``edge-detect data stats``."""
     from train.cache import FeatureCache
     from train.datasets import LabelMap, check_files_exist, load_manifest, take_evenly

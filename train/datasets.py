@@ -23,6 +23,7 @@ import csv
 import logging
 import os
 import random
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +33,9 @@ from typing import Any
 from edge_detect.errors import DatasetError
 from train.audio_io import AUDIO_SUFFIXES
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
@@ -718,7 +719,7 @@ def split_by_fold(
             f"{len(no_fold)} clip(s) have no fold, e.g. {_examples(no_fold)}; "
             "split them by group instead (split_by_group)"
         )
-    present = {clip.fold for clip in clips}
+    present = {clip.fold for clip in clips if clip.fold is not None}
     absent = sorted((val_set | test_set) - present)
     if absent:
         raise DatasetError(f"fold(s) {absent} do not occur; the clips have folds {sorted(present)}")
