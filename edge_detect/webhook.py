@@ -50,7 +50,8 @@ from urllib.parse import urlsplit
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
-from edge_detect.outbox import Outbox, Record
+from edge_detect.outbox import DEFAULT_MAX_PENDING, Outbox, Record
+from edge_detect.sinks import Sink
 
 __all__ = [
     "Backoff",
@@ -60,8 +61,10 @@ __all__ = [
     "SystemClock",
     "WebhookEndpoint",
     "WebhookSink",
+    "default_outbox_path",
     "redact_url",
     "webhook_endpoint_from_settings",
+    "webhook_sink_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -453,6 +456,8 @@ class WebhookSink:
         Scheduling clock (default wall time); :class:`ScaledClock` compresses time in benchmarks.
     rng
         Source of jitter (seed it for reproducible schedules).
+    max_pending
+        Bound of the outbox when this sink opens it from a path.
     """
 
     def __init__(
@@ -462,6 +467,7 @@ class WebhookSink:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
         user_agent: str = "edge-detect",
     ) -> None:
         names = [ep.name for ep in endpoints]
@@ -471,7 +477,9 @@ class WebhookSink:
             )
         self._endpoints = list(endpoints)
         self._owns_outbox = not isinstance(outbox, Outbox)
-        self.outbox = outbox if isinstance(outbox, Outbox) else Outbox(outbox)
+        self.outbox = (
+            outbox if isinstance(outbox, Outbox) else Outbox(outbox, max_pending=max_pending)
+        )
         self._clock: Clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._user_agent = user_agent
@@ -705,3 +713,70 @@ class WebhookSink:
 
     def __repr__(self) -> str:
         return f"WebhookSink(endpoints={[ep.name for ep in self._endpoints]!r})"
+
+
+def default_outbox_path() -> Path:
+    """``$STATE_DIRECTORY/outbox.sqlite`` under systemd (``StateDirectory=``), else
+    ``~/.local/state/edge-detect/outbox.sqlite``."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    base = Path(state) if state else Path.home() / ".local" / "state" / "edge-detect"
+    return base / "outbox.sqlite"
+
+
+_SINK_KEYS = ("outbox", "max_pending", "endpoints", "throttle")
+
+
+def webhook_sink_from_settings(settings: Mapping[str, Any], config: object = None) -> Sink:
+    """Build the webhook sink from the ``[sinks.webhook]`` TOML table (a ``SINK_BUILDERS`` entry).
+
+    One endpoint can be written inline; several go in ``[[sinks.webhook.endpoints]]``::
+
+        [sinks.webhook]
+        outbox = "/var/lib/edge-detect/outbox.sqlite"  # default: default_outbox_path()
+        max_pending = 10000                             # outbox bound (oldest evicted, loudly)
+        [sinks.webhook.throttle]                        # optional, see edge_detect.throttle
+        cooldown_s = 60
+        [[sinks.webhook.endpoints]]
+        url = "https://ha.local:8123/api/webhook/edge"
+        secret_file = "/etc/edge-detect/webhook.secret"
+        classes = ["baby_cry"]
+
+    ``config`` (the runtime config) is accepted for the builder signature and not needed.
+    """
+    where = "[sinks.webhook]"
+    inline = {k: v for k, v in settings.items() if k not in _SINK_KEYS}
+    if "endpoints" in settings and inline:
+        raise ConfigError(
+            f"{where}: give the endpoint keys {sorted(inline)} inside [[sinks.webhook.endpoints]] "
+            "when that list is used"
+        )
+    tables = settings.get("endpoints", [inline] if inline else [])
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(
+            f"{where}: expected url = ... (one endpoint) or [[sinks.webhook.endpoints]] tables; "
+            f"got {sorted(settings)}"
+        )
+    endpoints = [
+        webhook_endpoint_from_settings(t, where=f"[[sinks.webhook.endpoints]] #{i + 1}")
+        for i, t in enumerate(tables)
+    ]
+    path = settings.get("outbox", str(default_outbox_path()))
+    max_pending = settings.get("max_pending", DEFAULT_MAX_PENDING)
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}: outbox must be a file path; got {path!r}")
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+        raise ConfigError(f"{where}: max_pending must be an integer; got {max_pending!r}")
+    throttle = settings.get("throttle")
+    if throttle is not None and not isinstance(throttle, dict):
+        raise ConfigError(f"{where}: throttle must be a table; got {throttle!r}")
+    policy = None
+    if throttle is not None:
+        from edge_detect.throttle import throttle_from_settings
+
+        policy = throttle_from_settings(throttle, where="[sinks.webhook.throttle]")
+    sink = WebhookSink(endpoints, Path(path).expanduser(), max_pending=max_pending)
+    if policy is None:
+        return sink
+    from edge_detect.throttle import ThrottledSink
+
+    return ThrottledSink(sink, policy)

@@ -34,8 +34,10 @@ from edge_detect.webhook import (
     Secret,
     WebhookEndpoint,
     WebhookSink,
+    default_outbox_path,
     redact_url,
     webhook_endpoint_from_settings,
+    webhook_sink_from_settings,
 )
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -485,3 +487,42 @@ def test_body_is_the_alert_json(tmp_path: Path, receiver: Receiver) -> None:
     payload = receiver.processed[alert.id]
     assert payload == json.loads(alert.to_json())
     assert Alert.from_dict(payload) == alert
+
+
+def test_sink_from_sinks_webhook_table(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The [sinks.webhook] table as the runtime config hands it over, throttle included."""
+    table = {
+        "outbox": str(tmp_path / "state" / "outbox.sqlite"),
+        "max_pending": 100,
+        "throttle": {"cooldown_s": 60},
+        "endpoints": [
+            {"url": receiver.url, "secret": SECRET, "name": "a", "backoff_initial_s": 0.05},
+            {"url": receiver.url + "2", "secret": SECRET, "name": "b", "classes": ["baby_cry"]},
+        ],
+    }
+    sink = webhook_sink_from_settings(table)
+    barks = [make_alert(i) for i in range(3)]
+    for alert in barks:
+        sink.emit(alert)
+    assert wait_until(lambda: len(receiver.processed) == 1)
+    sink.close()  # the two held-back barks leave as one summary; pending ones stay queued
+    with Outbox(tmp_path / "state" / "outbox.sqlite") as box:
+        pending = [json.loads(r.body) for r in box.pending("a")]
+    delivered = list(receiver.processed.values()) + pending
+    assert [m["id"] for m in delivered][:1] == [barks[0].id]
+    assert [m.get("summary") for m in delivered] == [
+        None,
+        "2 more dog_bark events in the last 0 seconds",
+    ]
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "sd"))
+    assert default_outbox_path() == tmp_path / "sd" / "outbox.sqlite"
+    for bad, message in [
+        ({}, "expected url"),
+        ({"url": receiver.url, "endpoints": []}, "inside"),
+        ({"url": receiver.url, "max_pending": "9"}, "max_pending must be an integer"),
+        ({"url": receiver.url, "throttle": 5}, "throttle must be a table"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            webhook_sink_from_settings({"outbox": str(tmp_path / "x.sqlite"), **bad})
