@@ -330,9 +330,10 @@ class Pipeline:
                     self.stats.max_abs_state, float(np.abs(state.c).max())
                 )
                 if self._stop.is_set():
-                    reason = "stop requested"
                     source.stop()
                     break
+            if self._stop.is_set():
+                reason = "stop requested"
         finally:
             self.finish()
             self.health(
