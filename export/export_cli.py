@@ -113,13 +113,6 @@ def _validation_clips(
     return clips, f"{len(clips)} clips of {where}"
 
 
-class _DropQuantizationAdvice(logging.Filter):
-    """onnxruntime.quantization logs advice about pre-processing (for CNNs) on the root logger."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
-
-
 def run(args: argparse.Namespace) -> int:
     """Export, check parity, and optionally quantize and compare; returns the exit code."""
     import torch
@@ -139,15 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from export.quantize import Int8Error, compare_int8, quantize_int8
 
     int8_path = args.int8_output or path.with_suffix(".int8.onnx")
-    advice_filter = _DropQuantizationAdvice()
-    logging.getLogger().addFilter(advice_filter)
-    try:
-        quantize_int8(path, int8_path)
-    finally:
-        logging.getLogger().removeFilter(advice_filter)
+    quantize_int8(path, int8_path)
     labels = list(load_model(path).labels)
     clips, source = _validation_clips(args, checkpoint, labels)
-    print(f"int8 check on: {source}")
+    print(f"int8 check on: {source}", flush=True)
     try:
         int8_report = compare_int8(
             path,
