@@ -1,0 +1,200 @@
+"""Training on a tiny generated dataset: config presets, streaming sequences, checkpoints, resume.
+
+The dataset is real audio written to WAV files (tones, clicks and noise) and read through the
+same manifest, cache and trainer path as the corpus; each run takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sf = pytest.importorskip("soundfile")
+
+from edge_detect.cli import main  # noqa: E402
+from edge_detect.errors import CheckpointError, ConfigError  # noqa: E402
+from train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from train.config import CHECKOUT, TrainConfig, load_config  # noqa: E402
+from train.trainer import IGNORE, ClipAudio, SequenceBuilder, frame_activity, train  # noqa: E402
+
+RATE = 16_000
+LABELS = ["dog_bark", "baby_cry", "gun_shot", "background"]
+CLIPS_PER_CLASS = 6
+
+
+def _clip(label: str, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(0.6 * RATE)) / RATE
+    if label == "dog_bark":  # two 500 Hz barks
+        env = ((t % 0.3) < 0.12).astype(float)
+        x = 0.5 * env * np.sin(2 * np.pi * 500 * t)
+    elif label == "baby_cry":  # a 2 kHz wail
+        x = 0.4 * np.sin(2 * np.pi * (1800 + 300 * t) * t)
+    elif label == "gun_shot":  # a decaying broadband burst
+        x = 0.8 * rng.standard_normal(len(t)) * np.exp(-t / 0.05)
+    else:  # quiet noise
+        x = 0.01 * rng.standard_normal(len(t))
+    return (x + 0.002 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    rng = np.random.default_rng(0)
+    rows = ["path,label,group,license,source,notes"]
+    for label in LABELS:
+        for i in range(CLIPS_PER_CLASS):
+            rel = f"audio/{label}/{label}_{i}.wav"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(root / rel, _clip(label, rng), RATE, subtype="PCM_16")
+            rows.append(f"{rel},{label},{label}-{i},CC BY 4.0,generated,")
+    # a clip whose license is not stated: must be left out
+    sf.write(root / "audio/unlicensed.wav", _clip("dog_bark", rng), RATE)
+    rows.append("audio/unlicensed.wav,dog_bark,x-0,NONE STATED,elsewhere,")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root / "manifest.csv"
+
+
+def _tiny_config(manifest: Path, tmp: Path, **optim: Any) -> TrainConfig:
+    return TrainConfig.from_dict(
+        {
+            "data": {
+                "manifest": str(manifest),
+                "val_fraction": 0.25,
+                "test_fraction": 0.2,
+                "cache_dir": str(tmp / "cache"),
+            },
+            "features": {"fmax_hz": 4000.0},
+            "model": {"hidden_size": 16, "embedding_dim": 8},
+            "augment": {"event_max_s": 0.5, "context_min_s": 0.2, "context_max_s": 0.4},
+            "optim": {
+                "epochs": 2,
+                "batch_size": 8,
+                "embed_epochs": 1,
+                "out_dir": str(tmp / "run"),
+                "plot_every": 1,
+                **optim,
+            },
+        }
+    )
+
+
+def test_tiny_dataset_trains_and_the_checkpoint_carries_everything(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    config = _tiny_config(tiny_manifest, tmp_path, epochs=4, lr=1e-2)
+    result = train(config, progress=False)
+    data = load_checkpoint(result.checkpoint)
+    model, features = model_from_checkpoint(data)
+    assert data["labels"] == LABELS
+    assert features.fmax_hz == 4000.0
+    assert data["train_config"]["optim"]["epochs"] == 4
+    assert data["model_config"]["hidden_size"] == 16
+    assert data["detection"]["background"]["enabled"] is False
+    assert all(data["detection"][label]["enabled"] for label in LABELS[:3])
+    assert data["data"]["licenses"] == ["CC BY 4.0"]  # the unlicensed clip was left out
+    assert data["data"]["excluded_clips"] == 1
+    assert sum(data["data"]["clip_counts"]["train"].values()) > 0
+    assert "per_class_error" in data["metrics"]["val"]["clip"]
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    losses = [epoch["train_loss"] for epoch in metrics["history"]]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    for name in ("loss_curves.png", "confusion_val.png", "embedding_epoch001.png"):
+        assert (result.run_dir / name).stat().st_size > 1000
+    # the rebuilt model runs on a stream frame by frame with carried state
+    x = torch.randn(1, 20, 64)
+    whole, _, _ = model(x)
+    h = c = None
+    steps = []
+    for t in range(20):
+        out, h, c = model(x[:, t : t + 1], h, c)
+        steps.append(out)
+    assert torch.allclose(torch.cat(steps, dim=1), whole, atol=1e-5)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    straight = train(_tiny_config(tiny_manifest, tmp_path / "a", method="cluster"), progress=False)
+    config_b = _tiny_config(tiny_manifest, tmp_path / "b", method="cluster")
+    # interrupt after epoch 1 by a time limit of zero, then resume to the end
+    train(config_b, progress=False, time_limit_s=0.0)
+    state = load_checkpoint(tmp_path / "b" / "run" / "checkpoint_last.pt")
+    assert state["resume"]["epoch"] == 1
+    resumed = train(config_b, progress=False, resume=True)
+    a = load_checkpoint(straight.run_dir / "checkpoint_last.pt")
+    b = load_checkpoint(resumed.run_dir / "checkpoint_last.pt")
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    assert torch.equal(a["resume"]["cluster_loss"]["sums"], b["resume"]["cluster_loss"]["sums"])
+
+
+def test_resume_with_another_config_is_refused(tiny_manifest: Path, tmp_path: Path) -> None:
+    train(_tiny_config(tiny_manifest, tmp_path, epochs=1), progress=False)
+    changed = _tiny_config(tiny_manifest, tmp_path, epochs=2, lr=0.5)
+    with pytest.raises(CheckpointError, match=r"optim\.lr"):
+        train(changed, progress=False, resume=True)
+
+
+def test_sequences_mark_active_event_frames_and_background_around(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    config = _tiny_config(tiny_manifest, tmp_path)
+    feat = config.features
+    rate = feat.sample_rate_hz
+    event = np.zeros(int(0.5 * rate), dtype=np.float32)
+    event[int(0.2 * rate) : int(0.3 * rate)] = 0.5  # loud in the middle, silent around
+    quiet = (0.001 * np.random.default_rng(0).standard_normal(rate)).astype(np.float32)
+    items = [
+        ClipAudio(None, 2, event, *frame_activity(event, feat, 30.0)),  # type: ignore[arg-type]
+        ClipAudio(None, 3, quiet, *frame_activity(quiet, feat, 30.0)),  # type: ignore[arg-type]
+    ]
+    builder = SequenceBuilder(config, items, items[1:], background_index=3)
+    features, targets = builder.build(0, np.random.default_rng(1), augment=False)
+    assert features.shape == (len(targets), feat.n_mels)
+    assert targets[0] == 3 and targets[-1] == 3  # background before and after
+    event_frames = np.flatnonzero(targets == 2)
+    assert 8 <= len(event_frames) <= 12  # 100 ms of loud signal = 10 frames (+- the window)
+    assert np.all(np.diff(event_frames) == 1)  # one run, no holes
+    assert (targets == IGNORE).sum() > 0  # the silent parts of the event clip are not scored
+    _, bg_targets = builder.build(1, np.random.default_rng(1), augment=False)
+    assert set(bg_targets.tolist()) == {3}
+
+
+def test_unknown_key_and_wrong_type_are_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nepochz = 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochz'\] in \[optim\]"):
+        load_config(bad)
+    bad.write_text('[optim]\nepochs = "three"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"'optim.epochs' must be a int, got 'three'"):
+        load_config(bad)
+    bad.write_text("[optimiser]\nepochs = 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['optimiser'\]"):
+        load_config(bad)
+    bad.write_text('[optim]\nmethod = "magic"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="optim.method must be one of"):
+        load_config(bad)
+
+
+def test_committed_presets_load() -> None:
+    for preset in sorted((CHECKOUT / "train" / "configs").glob("*.toml")):
+        config = load_config(preset)
+        assert config.model.num_classes == len(config.data.labels)
+    default = load_config(CHECKOUT / "train" / "configs" / "default.toml")
+    assert default.features.fmax_hz == 4000.0
+    assert default.data.exclude_licenses == ["NONE STATED"]
+
+
+def test_cli_refuses_a_bad_config_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nlayers = 3\n", encoding="utf-8")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) ['layers'] in [model]" in err and "Traceback" not in err

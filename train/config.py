@@ -1,0 +1,296 @@
+"""The training config: dataclasses filled from a commented TOML preset (``train/configs/``).
+
+A preset has the tables ``[data]``, ``[features]`` (:class:`edge_detect.features.FeatureConfig`),
+``[model]`` (:class:`train.models.ModelConfig`), ``[augment]`` and ``[optim]``. Every key is
+optional (the dataclass default applies); an unknown key or a value of the wrong type is a
+:class:`~edge_detect.errors.ConfigError` naming it. ``model.num_classes`` and ``model.n_mels``
+follow from ``data.labels`` and ``features.n_mels``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_detect.errors import ConfigError
+from edge_detect.features import FeatureConfig
+from train.losses import BASELINE_METHODS
+from train.models import ModelConfig
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "CHECKOUT",
+    "AugmentConfig",
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "load_config",
+]
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+"""The source checkout; relative paths in a preset are resolved against it."""
+
+METHODS = (*BASELINE_METHODS, "cluster")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which clips to train on and how to split them."""
+
+    manifest: str = "../shared/data/edge_sed_real_v1/manifest.csv"
+    """Manifest CSV (see train.datasets.load_manifest); relative to the checkout."""
+    labels: list[str] = field(
+        default_factory=lambda: ["dog_bark", "baby_cry", "gun_shot", "background"]
+    )
+    """Classes, in output order; clips with other labels are left out."""
+    background_label: str = "background"
+    """The class that is 'no event' (context of streaming sequences; never alerts)."""
+    exclude_licenses: list[str] = field(default_factory=lambda: ["NONE STATED"])
+    """Leave out clips whose license contains any of these strings (case-insensitive)."""
+    val_fraction: float = 0.15
+    """Share of each class's clips (whole recordings) held out for validation."""
+    test_fraction: float = 0.15
+    """Share held out for the final test (never used to choose anything)."""
+    split_seed: int = 0
+    """Seed of the split by recording (group)."""
+    max_clips_per_class: int = 0
+    """Use at most this many training clips per class (0 = all); for quick runs."""
+    cache_dir: str = ""
+    """Decoded-audio cache (train.cache.FeatureCache); "" = its default (.cache/features)."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """How streaming training sequences are built: background, event, background."""
+
+    event_max_s: float = 3.0
+    """Longest crop of a clip used as the event segment, in s."""
+    context_min_s: float = 0.5
+    """Shortest background segment before and after the event, in s."""
+    context_max_s: float = 2.0
+    """Longest background segment before and after the event, in s."""
+    active_db: float = 30.0
+    """An event frame is 'active' (labelled with the event class) when its energy is within
+    this many dB of the clip's loudest frame; other frames of the event are not scored."""
+    gain_db: float = 12.0
+    """Each segment's gain is drawn uniformly from [-gain_db, +gain_db] dB."""
+    mix_prob: float = 0.5
+    """Probability of mixing background under an event segment."""
+    snr_db_min: float = 0.0
+    """Lowest event-to-background ratio of a mixture, over the event's active frames, in dB."""
+    snr_db_max: float = 20.0
+    """Highest event-to-background ratio of a mixture, in dB."""
+    lowpass_prob: float = 0.5
+    """Probability of low-pass filtering a whole sequence, whatever its class."""
+    lowpass_min_hz: float = 2500.0
+    """Lowest random low-pass cut-off, in Hz."""
+    lowpass_max_hz: float = 7000.0
+    """Highest random low-pass cut-off, in Hz."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The loss, optimiser and schedule."""
+
+    method: str = "weighted_ce"
+    """'cluster' (two stages: centroid embedding loss, then classifier with encoder
+    fine-tuning), or a one-stage baseline: 'weighted_ce', 'ce', 'logit_adjusted', 'focal'."""
+    epochs: int = 30
+    """Epochs in total (for 'cluster': embedding stage + classifier stage)."""
+    embed_epochs: int = 10
+    """'cluster' only: epochs of the embedding stage."""
+    batch_size: int = 32
+    """Sequences per batch."""
+    lr: float = 3e-3
+    """Peak learning rate (Adam), decayed by a cosine schedule to 5% at the end."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    seed: int = 0
+    """Seed of weights, batch order and augmentation."""
+    background_per_epoch: int = 0
+    """Background clips drawn per epoch as their own sequences (0 = all of them)."""
+    embedding_frames: int = 16
+    """'cluster': labelled frames per sequence whose embeddings enter the centroid loss."""
+    refresh_epochs: int = 2
+    """'cluster': re-run k-means on recent embeddings every this many epochs."""
+    temperature: float = 0.1
+    """'cluster': softmax temperature T of the centroid loss."""
+    margin: float = 0.1
+    """'cluster': margin alpha of the centroid loss (squared distance of unit vectors)."""
+    centroid_decay: float = 0.99
+    """'cluster': decay of the running centroid sums and counts (1 = exact running mean)."""
+    classifier_loss: str = "ce"
+    """'cluster': frame loss of the classifier stage, one of the baseline methods ('ce': the
+    balancing comes from the clusters alone)."""
+    aux_weight: float = 0.5
+    """'cluster': weight of the centroid loss kept during the classifier stage."""
+    encoder_lr_scale: float = 0.3
+    """'cluster': learning rate of the encoder in the classifier stage, relative to lr."""
+    focal_gamma: float = 2.0
+    """'focal': focusing parameter gamma."""
+    logit_tau: float = 1.0
+    """'logit_adjusted': scale tau of the log prior."""
+    num_threads: int = 1
+    """torch intra-op threads (the machine is shared)."""
+    out_dir: str = "runs/default"
+    """Run folder (checkpoints, metrics.json, plots); relative to the checkout."""
+    plot_every: int = 5
+    """Save a 2-D embedding plot every this many epochs (and at the first and last)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; stored in its checkpoints."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        labels = self.data.labels
+        if len(set(labels)) != len(labels) or len(labels) < 2:
+            raise ConfigError(f"data.labels must be at least 2 distinct names, got {labels}")
+        if self.data.background_label not in labels:
+            raise ConfigError(
+                f"data.background_label {self.data.background_label!r} is not in data.labels "
+                f"{labels}"
+            )
+        if self.model.num_classes != len(labels):
+            raise ConfigError(
+                f"model.num_classes={self.model.num_classes} but data.labels has {len(labels)} "
+                "names; leave model.num_classes out (it follows from the labels)"
+            )
+        if self.model.n_mels != self.features.n_mels:
+            raise ConfigError(
+                f"model.n_mels={self.model.n_mels} differs from features.n_mels="
+                f"{self.features.n_mels}; leave model.n_mels out"
+            )
+        if self.optim.method not in METHODS:
+            raise ConfigError(f"optim.method must be one of {METHODS}, got {self.optim.method!r}")
+        if self.optim.method == "cluster" and not 0 < self.optim.embed_epochs < self.optim.epochs:
+            raise ConfigError(
+                "optim.embed_epochs must be between 1 and optim.epochs - 1 for 'cluster', got "
+                f"{self.optim.embed_epochs} of {self.optim.epochs}"
+            )
+        if self.optim.classifier_loss not in BASELINE_METHODS:
+            raise ConfigError(
+                f"optim.classifier_loss must be one of {BASELINE_METHODS}, "
+                f"got {self.optim.classifier_loss!r}"
+            )
+        for name in ("epochs", "batch_size", "refresh_epochs", "embedding_frames", "plot_every"):
+            if getattr(self.optim, name) < 1:
+                raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self.optim, name)}")
+        aug = self.augment
+        if not 0 < aug.context_min_s <= aug.context_max_s or aug.event_max_s <= 0:
+            raise ConfigError(
+                "need 0 < augment.context_min_s <= context_max_s and event_max_s > 0, got "
+                f"{aug.context_min_s}, {aug.context_max_s}, {aug.event_max_s}"
+            )
+        for name in ("mix_prob", "lowpass_prob"):
+            if not 0.0 <= getattr(aug, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(aug, name)}")
+        if not 0 < aug.lowpass_min_hz <= aug.lowpass_max_hz:
+            raise ConfigError("need 0 < augment.lowpass_min_hz <= lowpass_max_hz")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def resolve(self, path: str) -> Path:
+        """A path of the preset, absolute (relative ones are taken from the checkout)."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else CHECKOUT / candidate
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from nested tables, refusing unknown keys and wrong types by name."""
+        _refuse_unknown(data, {f.name for f in dataclasses.fields(cls)}, "the config")
+        features = FeatureConfig.from_dict(dict(data.get("features", {})))
+        data_config = _build(DataConfig, data.get("data", {}), "data")
+        model_table = dict(data.get("model", {}))
+        model_table.setdefault("num_classes", len(data_config.labels))
+        model_table.setdefault("n_mels", features.n_mels)
+        return cls(
+            data=data_config,
+            features=features,
+            model=_build(ModelConfig, model_table, "model"),
+            augment=_build(AugmentConfig, data.get("augment", {}), "augment"),
+            optim=_build(OptimConfig, data.get("optim", {}), "optim"),
+        )
+
+
+def _refuse_unknown(table: Any, known: set[str], where: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; expected some of {sorted(known)}")
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    """The value converted to the annotated type, or ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    ok: bool
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is str:
+        ok = isinstance(value, str)
+    elif origin is list:
+        (item,) = typing.get_args(annotation)
+        ok = isinstance(value, list) and all(isinstance(v, item) for v in value)
+    elif origin in (typing.Union, types.UnionType):
+        ok = False
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+    else:  # pragma: no cover - a field type this loader does not know
+        raise ConfigError(f"cannot check key {key!r} of type {annotation}")
+    if not ok:
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"key {key!r} must be a {name}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls: Any, table: Any, section: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _refuse_unknown(table, set(fields), f"[{section}]")
+    hints = typing.get_type_hints(cls)
+    kwargs = {
+        key: _check_type(value, hints[key], f"{section}.{key}") for key, value in table.items()
+    }
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML preset; ``overrides`` ({"optim": {"epochs": 2}}) are merged over it."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read training config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"training config {path} is not valid TOML: {exc}") from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
