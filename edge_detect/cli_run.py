@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from edge_detect.audio import PCM_FORMATS
-from edge_detect.config import SINK_BUILDERS, RuntimeConfig, load_config
+from edge_detect.config import RuntimeConfig, load_config, sink_builder
 from edge_detect.errors import ConfigError
 from edge_detect.model import DEFAULT_MODEL_PATH, StreamingModel, load_model
 from edge_detect.pipeline import ALERT_ON, Pipeline
@@ -103,7 +103,7 @@ def build_sinks(config: RuntimeConfig) -> list[Sink]:
     if config.stdout:
         sinks.append(JsonLinesSink(health=config.health_stdout))
     for kind, table in config.sinks.items():
-        sinks.append(SINK_BUILDERS[kind](table, config))
+        sinks.append(sink_builder(kind)(table, config))
     return sinks
 
 

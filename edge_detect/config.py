@@ -17,6 +17,7 @@ Other outputs (webhooks, MQTT, ...) register a builder in :data:`SINK_BUILDERS`;
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,11 +36,40 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["SINK_BUILDERS", "RuntimeConfig", "config_from_dict", "load_config"]
+__all__ = [
+    "BUILTIN_SINKS",
+    "SINK_BUILDERS",
+    "RuntimeConfig",
+    "config_from_dict",
+    "load_config",
+    "sink_builder",
+]
 
 SinkBuilder = Callable[[Mapping[str, Any], "RuntimeConfig"], Sink]
 SINK_BUILDERS: dict[str, SinkBuilder] = {}
-"""Builders of the outputs configured by ``[sinks.<kind>]`` tables, by kind."""
+"""Builders of the outputs configured by ``[sinks.<kind>]`` tables, by kind (added at run time)."""
+BUILTIN_SINKS: dict[str, tuple[str, str]] = {
+    "webhook": ("edge_detect.webhook", "webhook_sink_from_settings"),
+    "metrics": ("edge_detect.metrics", "build_metrics_sink"),
+}
+"""The package's own outputs: kind -> (module, builder), imported only when configured."""
+
+
+def sink_builder(kind: str) -> SinkBuilder:
+    """The builder of ``[sinks.<kind>]``; ConfigError when there is none."""
+    if kind in SINK_BUILDERS:
+        return SINK_BUILDERS[kind]
+    if kind in BUILTIN_SINKS:
+        module_name, function = BUILTIN_SINKS[kind]
+        try:
+            builder: SinkBuilder = getattr(importlib.import_module(module_name), function)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"[sinks.{kind}] is not available in this install: {exc}") from None
+        return builder
+    raise ConfigError(
+        f"[sinks.{kind}] is not a known output; known: {sorted({*SINK_BUILDERS, *BUILTIN_SINKS})}"
+    )
+
 
 INPUT_KEYS = (
     "source",
@@ -171,11 +201,8 @@ def _check(c: RuntimeConfig) -> None:
         if not isinstance(getattr(c, key), bool):
             raise _fail(f"sinks.{key}", "true or false", getattr(c, key))
     for kind in c.sinks:
-        if kind not in SINK_BUILDERS:
-            raise ConfigError(
-                f"[sinks.{kind}] is not a known output; known: "
-                f"{sorted(SINK_BUILDERS) or 'none installed besides stdout'}"
-            )
+        if kind not in SINK_BUILDERS and kind not in BUILTIN_SINKS:
+            sink_builder(kind)  # raises the message listing the known outputs
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:

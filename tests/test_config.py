@@ -102,3 +102,16 @@ def test_unreadable_and_invalid_files(tmp_path):
     bad.write_text("model = \n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_config(bad)
+
+
+def test_configured_webhook_output_is_built(tmp_path):
+    from edge_detect.cli_run import build_sinks
+
+    table = {"outbox": str(tmp_path / "outbox.sqlite"), "url": "http://127.0.0.1:9/hook"}
+    config = config_from_dict({"sinks": {"stdout": False, "webhook": table}})
+    sinks = build_sinks(config)
+    try:
+        assert [type(s).__name__ for s in sinks] == ["WebhookSink"]
+    finally:
+        for sink in sinks:
+            sink.close()
