@@ -30,6 +30,7 @@ How the detector feeds it (none of this blocks the audio path for more than a lo
   ``overflows`` counter (the microphone) is read when the metrics are scraped.
 - :meth:`MetricsSink.watch_webhooks` reads a webhook sink's outbox depth and delivery counters
   when the metrics are scraped.
+- :func:`instrument` does the three in one call: ``source = instrument(sinks, source, labels)``.
 - Anything else calls :class:`DetectorMetrics` directly: ``metrics.alert("dog_bark")``,
   ``metrics.block(seconds, audio_s)``, ``metrics.overflow()``, ``metrics.microphone(up)``, ...
 
@@ -62,6 +63,7 @@ __all__ = [
     "Registry",
     "Sample",
     "build_metrics_sink",
+    "instrument",
     "parse_listen",
     "parse_metrics",
 ]
@@ -583,3 +585,20 @@ def build_metrics_sink(table: Mapping[str, Any], config: Any = None) -> MetricsS
         host, port = parse_listen(table.get("listen", DEFAULT_LISTEN))
         server = MetricsServer(metrics, host, port)
     return MetricsSink(metrics, server)
+
+
+def instrument(sinks: Sequence[Any], source: Any, labels: Iterable[str] = ()) -> Any:
+    """Wire the metrics into a run: the one call the runner needs.
+
+    When ``sinks`` hold a :class:`MetricsSink`, returns ``source`` metered by it, shows every
+    class in ``labels`` from the start and watches every webhook sink among ``sinks``; otherwise
+    returns ``source`` unchanged.
+    """
+    for sink in sinks:
+        if isinstance(sink, MetricsSink):
+            sink.metrics.declare_classes(labels)
+            for other in sinks:
+                if hasattr(other, "outbox") and hasattr(other, "stats"):  # a WebhookSink
+                    sink.watch_webhooks(other)
+            return sink.meter(source)
+    return source

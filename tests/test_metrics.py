@@ -27,6 +27,7 @@ from edge_detect.metrics import (
     MetricsSink,
     Registry,
     build_metrics_sink,
+    instrument,
     parse_listen,
     parse_metrics,
 )
@@ -195,9 +196,10 @@ def test_metered_pipeline_run_reports_blocks_timing_and_alerts(tmp_path: Path) -
     sink = build_metrics_sink({"listen": "127.0.0.1:0"})
     assert sink.server is not None
     model = load_model(FIXTURES / "tiny_model.onnx")
-    sink.metrics.declare_classes(model.labels)
     pipeline = Pipeline(model, [sink], detection=TONE_DETECTION)
-    source = sink.meter(WavFileSource(wav, RATE, block_ms=100, realtime=False))
+    wav_source = WavFileSource(wav, RATE, block_ms=100, realtime=False)
+    assert instrument([], wav_source, model.labels) is wav_source  # no metrics configured
+    source = instrument([sink], wav_source, model.labels)
     url = sink.server.url
     stats = pipeline.run(source)
     assert pipeline.emitted, "the planted tone should give an alert"
@@ -267,7 +269,7 @@ def test_watch_webhooks_reports_outbox_depth_and_failures(tmp_path: Path) -> Non
     )
     webhooks = WebhookSink([endpoint], tmp_path / "outbox.sqlite")
     metrics = DetectorMetrics()
-    MetricsSink(metrics).watch_webhooks(webhooks)
+    instrument([webhooks, MetricsSink(metrics)], _MicLike(), ["gun_shot"])
     try:
         webhooks.emit(_alert("gun_shot"))
         deadline = time.monotonic() + 10
