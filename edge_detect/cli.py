@@ -29,7 +29,11 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 # Runtime subcommands: modules of edge_detect that provide register(subparsers).
-RUNTIME_COMMAND_MODULES: tuple[str, ...] = ("edge_detect.cli_run", "edge_detect.status_cli")
+RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
+    "edge_detect.cli_run",
+    "edge_detect.cli_eval",
+    "edge_detect.status_cli",
+)
 
 # Workstation subcommands: (module in the checkout, names it registers, what it needs).
 WORKSTATION_COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
