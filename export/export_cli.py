@@ -14,6 +14,7 @@ __all__ = ["add_arguments", "register", "run"]
 
 log = logging.getLogger(__name__)
 
+_CHECKOUT = Path(__file__).resolve().parent.parent
 DEFAULT_INT8_CLIPS = 300
 """Validation clips decoded for the int8 metric check (spread evenly over the manifest)."""
 
@@ -92,11 +93,12 @@ def _validation_clips(
     data = checkpoint.get("data") if isinstance(checkpoint.get("data"), dict) else {}
     manifest = args.manifest
     if manifest is None and data.get("manifest"):
-        candidate = Path(str(data["manifest"]))
-        if candidate.is_file():
-            manifest = candidate
-        else:
-            log.warning("the checkpoint's manifest %s is not reachable here", candidate)
+        named = Path(str(data["manifest"]))
+        # a relative path was written relative to the checkout that trained the model
+        candidates = [named] if named.is_absolute() else [named, _CHECKOUT / named]
+        manifest = next((path for path in candidates if path.is_file()), None)
+        if manifest is None:
+            log.warning("the checkpoint's manifest %s is not reachable here", named)
     if manifest is None:
         return None, "no validation data"
     clips = load_manifest(manifest, labels=labels)

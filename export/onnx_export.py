@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import subprocess
 import warnings
 from collections.abc import Sequence
@@ -393,6 +394,13 @@ def export_checkpoint(
         name=name or output.stem,
         provenance=checkpoint_provenance(data, checkpoint),
     )
-    export_model(model, output, metadata=metadata)
-    report = check_parity(model, output, tolerance=tolerance)
+    # Written beside the target and moved in place only after parity passed: a model that
+    # failed its check never sits where a deploy script would pick it up.
+    pending = output.with_name(output.name + ".pending")
+    try:
+        export_model(model, pending, metadata=metadata)
+        report = check_parity(model, pending, tolerance=tolerance)
+        os.replace(pending, output)
+    finally:
+        pending.unlink(missing_ok=True)
     return output, report, data

@@ -142,6 +142,14 @@ def test_parity_check_catches_a_model_that_differs(exported) -> None:
         check_parity(other, path)
 
 
+def test_a_model_that_fails_parity_is_not_left_behind(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "small.pt")
+    # torch and ONNX Runtime round differently (about 1e-8): a zero tolerance must fail
+    with pytest.raises(ParityError, match="by more than 0e[+]00"):
+        export_checkpoint(checkpoint, tmp_path / "strict.onnx", tolerance=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.pt"]
+
+
 def test_fixture_script_rebuilds_the_committed_fixture(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("make_tiny", FIXTURES / "make_tiny_model.py")
     assert spec is not None and spec.loader is not None
@@ -280,3 +288,37 @@ def test_cli_reports_a_bad_checkpoint_without_traceback(tmp_path: Path) -> None:
         and "is not an edge-detect checkpoint" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_validation_clips_come_from_the_checkpoint_provenance(tmp_path: Path) -> None:
+    import argparse
+
+    from export.export_cli import _validation_clips
+
+    manifest = _tone_manifest(tmp_path)
+    args = argparse.Namespace(manifest=None, int8_clips=100)
+    data = {"data": {"manifest": str(manifest), "validation_groups": ["g0", "g5", "g7"]}}
+    clips, source = _validation_clips(args, data, LABELS)
+    assert clips is not None and sorted(clip.group for clip in clips) == ["g0", "g5", "g7"]
+    assert source == f"3 clips of {manifest}, the checkpoint's validation groups"
+    clips, source = _validation_clips(args, {"data": {"manifest": "/nowhere/m.csv"}}, LABELS)
+    assert clips is None and source == "no validation data"
+    args = argparse.Namespace(manifest=manifest, int8_clips=5)
+    clips, source = _validation_clips(args, {}, LABELS)
+    assert clips is not None and len(clips) == 5
+    assert source.endswith("(all clips: the checkpoint names no validation groups)")
+
+
+def test_cli_int8_gate_fails_and_removes_the_int8_model(exported, tmp_path: Path) -> None:
+    checkpoint, _, _ = exported
+    manifest = _tone_manifest(tmp_path)
+    out = tmp_path / "gate.onnx"
+    # a negative allowed drop demands that int8 be better than fp32: the gate must refuse
+    result = _cli(
+        str(checkpoint), "-o", str(out), "--int8", "--manifest", str(manifest),
+        "--int8-max-drop", "-1",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "loses too much: macro F1 drops" in result.stderr and "(> -1.0)" in result.stderr
+    assert "--no-int8-check" in result.stderr
+    assert out.is_file() and not (tmp_path / "gate.int8.onnx").exists()
