@@ -240,6 +240,8 @@ class StreamingModel:
     def __init__(self, path: str | Path, *, threads: int = 1) -> None:
         self.path = Path(path)
         where = f"model {self.path}"
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"model threads must be a positive integer, got {threads!r}")
         if not self.path.is_file():
             raise ModelError(
                 f"{where} does not exist; expected an .onnx file from 'edge-detect export'"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge_detect.detect import ClassDetection
-from edge_detect.errors import ModelError
+from edge_detect.errors import ConfigError, ModelError
 from edge_detect.features import FeatureConfig, StreamingLogMel, log_mel
 from edge_detect.model import (
     DEFAULT_MODEL_PATH,
@@ -160,6 +160,12 @@ def test_step_and_set_state_refuse_wrong_shapes(model: StreamingModel) -> None:
     bad[0, 0, 0] = np.nan
     with pytest.raises(ModelError, match="state 'c' contains NaN"):
         model.set_state((np.zeros((2, 1, 8)), bad))
+
+
+def test_thread_count_is_checked() -> None:
+    assert load_model(TINY, threads=2)._session.get_session_options().intra_op_num_threads == 2
+    with pytest.raises(ConfigError, match="threads must be a positive integer, got 0"):
+        load_model(TINY, threads=0)
 
 
 def test_default_model_path_and_missing_default() -> None:
