@@ -161,7 +161,9 @@ class Int8Report:
                 f"int8 {100 * self.int8_value:.2f}, drop {self.f1_drop_points:+.2f} points"
             )
         else:
-            lines.append(f"int8 {self.metric}: floor {INT8_AGREEMENT_FLOOR:.0%}")
+            lines.append(
+                f"int8 {self.metric}: {self.int8_value:.2%} (floor {INT8_AGREEMENT_FLOOR:.0%})"
+            )
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 

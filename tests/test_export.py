@@ -237,6 +237,7 @@ def test_int8_variant_carries_the_contract_and_is_compared(exported, tmp_path: P
     blind = compare_int8(path, int8)
     assert blind.metric.startswith("top-class agreement") and blind.int8_value >= 0.95
     assert "metric change was NOT measured" in blind.format()
+    assert f"(no validation data): {blind.int8_value:.2%} (floor 95%)" in blind.format()
 
 
 def test_int8_check_fails_when_the_model_differs(exported, tmp_path: Path) -> None:
