@@ -264,6 +264,12 @@ class WebhookEndpoint:
                 "a webhook URL must look like https://host[:port]/path; got "
                 f"{redact_url(self.url) if isinstance(self.url, str) else self.url!r}"
             )
+        if any(ch.isspace() or not ch.isprintable() for ch in self.url):
+            # http.client would refuse it later with the whole URL (and its token) in the message.
+            raise ConfigError(
+                f"webhook URL {redact_url(self.url)!r} contains spaces or control characters; "
+                "percent-encode them"
+            )
         try:
             parts.port  # noqa: B018 -- raises on a bad port
         except ValueError:
@@ -600,12 +606,14 @@ class WebhookSink:
         except (OSError, http.client.HTTPException) as exc:
             # Timeouts, refused/reset connections, TLS failures and non-HTTP answers: all
             # transient from here. The message names the exception, never the URL or secret.
-            return _Outcome("retry", f"{type(exc).__name__}: {exc}".rstrip(": "))
+            # The text may quote the peer's bytes: one printable line only (no forged log lines).
+            text = _printable(str(exc).encode("utf-8", errors="replace"))
+            return _Outcome("retry", f"{type(exc).__name__}: {text}".rstrip(": "))
         finally:
             conn.close()
         if 200 <= status < 300:
             return _Outcome("delivered", f"HTTP {status}")
-        detail = f"HTTP {status} {phrase}: {_printable(answer)}".rstrip(": ")
+        detail = f"HTTP {status} {_printable(phrase.encode())}: {_printable(answer)}".rstrip(": ")
         if status == 410:
             return _Outcome("gone", detail)
         if status in (408, 429) or status >= 500:

@@ -10,6 +10,8 @@ import base64
 import json
 import logging
 import os
+import random
+import re
 import signal
 import socket
 import struct
@@ -28,7 +30,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
-from edge_detect.outbox import Outbox
+from edge_detect.outbox import Outbox, Record
 from edge_detect.webhook import (
     Backoff,
     Secret,
@@ -461,6 +463,7 @@ def test_endpoint_from_toml_settings(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert webhook_endpoint_from_settings({"url": "http://h/x", "secret_env": "HOOK_SECRET"}).secret
     bad = [
         ({"url": "ftp://h/x"}, "https://host"),
+        ({"url": "http://h/x?token=a\nb"}, "'http://h/x' contains spaces or control characters"),
         ({"url": "http://h/x", "urll": 1}, "unknown key"),
         ({"url": "http://h/x", "timeout_s": "10"}, "timeout_s must be a number"),
         ({"url": "http://h/x", "timeout_s": 0}, "timeout_s must be > 0"),
@@ -526,3 +529,87 @@ def test_sink_from_sinks_webhook_table(
     ]:
         with pytest.raises(ConfigError, match=message):
             webhook_sink_from_settings({"outbox": str(tmp_path / "x.sqlite"), **bad})
+
+
+def _fuzzed_responses(count: int, seed: int = 1234) -> list[bytes]:
+    """Random bytes, mutated valid answers and odd status lines/headers."""
+    rng = random.Random(seed)
+    valid = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    codes = [100, 200, 201, 204, 301, 400, 404, 408, 410, 429, 500, 503, 599, 600, 999, 0, -1]
+    headers = [
+        b"Content-Length: 5",
+        b"Content-Length: -3",
+        b"Content-Length: 99999",
+        b"Content-Length: x",
+        b"Transfer-Encoding: chunked",
+        b"Retry-After: 2",
+        b"Retry-After: soon",
+        b"Retry-After: Wed, 21 Oct 2015 07:28:00 GMT",
+        b"Retry-After: 99999999999999999999",
+        b"X: " + bytes(range(1, 32)),
+        b"NoColonHere",
+    ]
+    out = []
+    for _ in range(count):
+        kind = rng.randrange(3)
+        if kind == 0:
+            out.append(rng.randbytes(rng.randrange(0, 300)))
+        elif kind == 1:
+            data = bytearray(valid)
+            for _ in range(rng.randrange(1, 6)):
+                op, at = rng.randrange(3), rng.randrange(len(data) + 1)
+                if op == 0 and at < len(data):
+                    data[at] = rng.randrange(256)
+                elif op == 1:
+                    data[at:at] = rng.randbytes(rng.randrange(1, 8))
+                else:
+                    del data[at:]
+            out.append(bytes(data))
+        else:
+            line = f"HTTP/1.{rng.choice('019')} {rng.choice(codes)} Whatever\r\n".encode()
+            chosen = rng.sample(headers, rng.randrange(0, 4))
+            body = rng.choice([b"", b"ok", b"3\r\nabc\r\n0\r\n\r\n", b"zz\r\n", rng.randbytes(20)])
+            out.append(line + b"\r\n".join(chosen) + b"\r\n\r\n" + body)
+    return out
+
+
+def test_1000_fuzzed_responses_are_classified_without_a_traceback(tmp_path: Path) -> None:
+    """Section 5: malformed webhook responses. Each ends as delivered/retry/dead/gone, never an
+    exception, and 'delivered' only when the answer really began with a 2xx status line."""
+    cases = _fuzzed_responses(1000)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        for payload in cases:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(payload)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ep = endpoint(f"http://127.0.0.1:{port}/hook", timeout_s=2.0)
+    sink = make_sink(tmp_path, ep)
+    body = make_alert(1).to_json().encode()
+    record = Record(1, "hook", "id1", body, 0.0, 0, 0.0, None)
+    kinds: dict[str, int] = {}
+    try:
+        for payload in cases:
+            outcome = sink._attempt(ep, record)
+            kinds[outcome.kind] = kinds.get(outcome.kind, 0) + 1
+            if outcome.kind == "delivered":
+                assert re.match(rb"HTTP/[^ ]* +2\d\d", payload), payload  # a real 2xx
+            assert "\n" not in outcome.detail and len(outcome.detail) < 600
+    finally:
+        sink.close()
+        thread.join(5)
+        server.close()
+    assert set(kinds) == {"delivered", "retry", "dead", "gone"}, kinds
+    assert sum(kinds.values()) == 1000
