@@ -198,3 +198,59 @@ def test_cli_refuses_a_bad_config_without_traceback(
     assert main(["train", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "unknown key(s) ['layers'] in [model]" in err and "Traceback" not in err
+
+
+def _write_toml(path: Path, config: TrainConfig) -> None:
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = []
+    for section, table in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value(v)}" for key, v in table.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_keeps_centroids_and_weights_identical(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    config = _tiny_config(tiny_manifest, tmp_path, method="cluster", epochs=3, refresh_epochs=10)
+    preset = tmp_path / "tiny.toml"
+    _write_toml(preset, config)
+    assert load_config(preset) == config
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "train",
+            "train",
+            "--config",
+            str(preset),
+            "--no-progress",
+        ],
+        cwd=CHECKOUT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "run" / f"rank{r}_final.pt") for r in (0, 1)]
+    for key, value in ranks[0]["model_state"].items():
+        assert torch.equal(value, ranks[1]["model_state"][key]), key
+    for key in ("sums", "counts"):
+        assert torch.equal(ranks[0]["cluster_loss"][key], ranks[1]["cluster_loss"][key])
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()

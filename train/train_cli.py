@@ -67,6 +67,8 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         time_limit_s=args.time_limit_s,
     )
+    if not result.metrics:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     clip = result.metrics["val"]["clip"]
     summary = {
         "checkpoint": str(result.checkpoint),

@@ -567,6 +567,31 @@ def _feature_stats(
     return torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), frame_counts
 
 
+class _EmbedAndClassify(torch.nn.Module):
+    """One forward that returns embeddings and logits, so DistributedDataParallel sees every
+    parameter used by the loss (its gradient hooks need the wrapper's forward)."""
+
+    def __init__(self, model: StreamingLSTM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, _, _ = self.model.embed(x)  # (B, T, E)
+        return emb, self.model.classifier(self.model.dropout(emb))  # (B, T, C)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when started by torchrun (gloo on CPU)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return torch.distributed.get_rank(), world
+
+
 def train(
     config: TrainConfig,
     *,
@@ -590,6 +615,7 @@ def train(
             "only by the paper comparison"
         )
     torch.set_num_threads(opt.num_threads)
+    rank, world = _distributed()
     run_dir = out_dir or config.resolve(opt.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -636,6 +662,9 @@ def train(
         focal_gamma=opt.focal_gamma,
         logit_tau=opt.logit_tau,
     )
+    net: torch.nn.Module = _EmbedAndClassify(model)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
     stage = 1 if opt.method == "cluster" else 0
     optimiser = _optimiser(model, config, stage)
     history: list[dict[str, Any]] = []
@@ -657,12 +686,12 @@ def train(
     background_clips = [i for i, c in enumerate(train_items) if c.target == bg]
     event_clips = [i for i, c in enumerate(train_items) if c.target != bg]
     per_epoch_bg = opt.background_per_epoch or len(background_clips)
-    batches_per_epoch = math.ceil(
-        (len(event_clips) + min(per_epoch_bg, len(background_clips))) / opt.batch_size
-    )
+    per_rank = (len(event_clips) + min(per_epoch_bg, len(background_clips))) // world
+    batches_per_epoch = math.ceil(per_rank / opt.batch_size)
     reservoir: dict[int, list[torch.Tensor]] = {}
     if cluster_loss is not None and not resume:
         cluster_loss.fit(*_warm_embeddings(model, builder, opt, batches=4))
+        _same_centroids(cluster_loss, world)
 
     epoch = start_epoch
     for epoch in range(start_epoch, opt.epochs):
@@ -679,6 +708,9 @@ def train(
         torch.manual_seed(opt.seed * 100_003 + epoch)
         order = event_clips + list(rng.permutation(background_clips)[:per_epoch_bg])
         order = [order[i] for i in rng.permutation(len(order))]
+        # every rank takes every world-th sequence; equal counts keep the ranks in step
+        order = order[: len(order) // world * world][rank::world]
+        rng = np.random.default_rng([opt.seed, epoch, rank])  # augmentation differs per rank
         model.train()
         if cluster_loss is not None:
             cluster_loss.train()
@@ -692,13 +724,13 @@ def train(
             factor = _lr_factor(in_stage, stage_epochs * batches_per_epoch, batches_per_epoch)
             for group in optimiser.param_groups:
                 group["lr"] = opt.lr * group["scale"] * factor
-            emb, _, _ = model.embed(x)  # (B, T, E)
+            emb, logits = net(x)  # (B, T, E), (B, T, C)
             check_finite(emb, "an embedding", step=step, batch=f"{b_index} of epoch {epoch + 1}")
             mask = y != IGNORE
-            loss = torch.zeros(())
             if stage != 1:
-                logits = model.classifier(model.dropout(emb))  # (B, T, C)
-                loss = loss + frame_loss(logits[mask], y[mask])
+                loss = frame_loss(logits[mask], y[mask])
+            else:  # the classifier waits; zero keeps its parameters in DDP's graph
+                loss = 0.0 * logits.sum()
             if cluster_loss is not None:
                 owners = [train_items[i].target for i in chunk]
                 z, t = _sample_frames(emb, y, owners, opt.embedding_frames, rng)
@@ -718,7 +750,17 @@ def train(
         if cluster_loss is not None and (epoch + 1) % opt.refresh_epochs == 0 and reservoir:
             z_all, t_all = _drain(reservoir)
             cluster_loss.fit(z_all, t_all)
+            _same_centroids(cluster_loss, world)
         reservoir.clear()
+        stop = time_limit_s is not None and time.monotonic() - started > time_limit_s
+        if world > 1:  # rank 0 validates and writes; the others only train
+            flag = torch.tensor([int(stop)])
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
+            if rank != 0:
+                if stop:
+                    break
+                continue
 
         clip_metrics, clip_emb, clip_y = evaluate_clips(model, val_items, config, labels)
         stream_metrics, _ = evaluate_stream(model, val_sequences, val_owner, labels, bg, config)
@@ -781,10 +823,20 @@ def train(
                 },
             ),
         )
-        if time_limit_s is not None and time.monotonic() - started > time_limit_s:
+        if stop:
             log.warning("time limit of %.0f s reached after epoch %d", time_limit_s, epoch + 1)
             break
 
+    if world > 1:  # each rank's final weights and centroids, to check that they agree
+        torch.save(
+            {
+                "model_state": model.state_dict(),
+                "cluster_loss": cluster_loss.state_dict() if cluster_loss is not None else None,
+            },
+            run_dir / f"rank{rank}_final.pt",
+        )
+        if rank != 0:
+            return RunResult(run_dir, run_dir / BEST_NAME)
     if "model_state" not in best:  # e.g. time ran out during the embedding stage
         best = {"score": math.inf, "epoch": epoch + 1, "model_state": model.state_dict()}
     model.load_state_dict(best["model_state"])
@@ -836,6 +888,13 @@ def train(
         checkpoint,
     )
     return RunResult(run_dir, checkpoint, metrics)
+
+
+def _same_centroids(loss: ClusterCentroidLoss, world: int) -> None:
+    """After a k-means fit on rank-local embeddings, every rank takes rank 0's clusters."""
+    if world > 1:
+        torch.distributed.broadcast(loss.sums, 0)
+        torch.distributed.broadcast(loss.counts, 0)
 
 
 def _json_default(value: Any) -> Any:
