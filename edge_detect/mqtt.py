@@ -36,7 +36,7 @@ from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError, MissingExtraError
 from edge_detect.outbox import DEFAULT_MAX_PENDING, Outbox
 
-__all__ = ["MqttSink", "mqtt_sink_from_settings"]
+__all__ = ["MqttSink", "mqtt_sink_from_settings", "node_id"]
 
 log = logging.getLogger(__name__)
 

@@ -56,6 +56,7 @@ from edge_detect.sinks import Sink
 __all__ = [
     "Backoff",
     "Clock",
+    "EndpointStats",
     "ScaledClock",
     "Secret",
     "SystemClock",

@@ -138,3 +138,30 @@ def test_every_acknowledged_put_survives_sigkill(tmp_path: Path) -> None:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "edge_detect.outbox",
+        "edge_detect.webhook",
+        "edge_detect.throttle",
+        "edge_detect.clips",
+        "edge_detect.mqtt",
+    ],
+)
+def test_delivery_modules_list_exactly_their_public_api(name: str) -> None:
+    import importlib
+    import inspect
+
+    module = importlib.import_module(name)  # mqtt imports paho only when a sink is made
+    defined = {
+        attr
+        for attr, value in vars(module).items()
+        if not attr.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == name
+    }
+    exported = set(module.__all__)
+    assert all(hasattr(module, attr) for attr in exported)
+    assert defined <= exported, f"public but not in __all__: {sorted(defined - exported)}"
