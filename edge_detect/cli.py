@@ -32,6 +32,7 @@ EXIT_USAGE = 2
 RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
     "edge_detect.cli_run",
     "edge_detect.cli_eval",
+    "edge_detect.cli_bench",
     "edge_detect.status_cli",
 )
 
@@ -58,12 +59,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Shows every default in --help and keeps description line breaks."""
 
 
-def _register_workstation(subparsers: argparse._SubParsersAction) -> None:
+def _register_workstation(subparsers: argparse._SubParsersAction, load: bool = True) -> None:
+    """Add the workstation commands; ``load=False`` adds placeholders without importing them
+    (their modules import torch: seconds and hundreds of MB that a runtime command must not pay).
+    """
     root = checkout_root()
     if root is not None and str(root) not in sys.path:
         sys.path.insert(0, str(root))
     for module_name, names in WORKSTATION_COMMAND_MODULES:
-        if root is not None:
+        if root is not None and load:
             try:
                 importlib.import_module(module_name).register(subparsers, _HelpFormatter)
             except ImportError as exc:
@@ -87,7 +91,7 @@ def _needs_checkout(name: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-detect",
         description="Detect rare sound events (dog bark, baby cry, gunshot) and send alerts.",
@@ -101,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in RUNTIME_COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers, _HelpFormatter)
-    _register_workstation(subparsers)
+    # argv known and naming a runtime command: do not import the workstation modules
+    command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    _register_workstation(subparsers, load=command not in subparsers.choices)
     return parser
 
 
@@ -119,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     _configure_logging(debug, "--quiet" in argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -114,8 +114,17 @@ class RunStats:
     """Processing time of every block (features, model, detection, sinks), in s."""
     alert_latency_s: list[float] = field(default_factory=list)
     """For every alert: time from the end of the block that completed it to the sink call."""
+    alert_wall: list[float] = field(default_factory=list)
+    """Wall-clock time at which every alert was handed to the sinks."""
     max_abs_state: float = 0.0
-    """Largest |h| or |c| seen at a block end (a drift/saturation indicator)."""
+    """Largest |c| seen at a block end (a drift/saturation indicator)."""
+    max_lag_s: float = 0.0
+    """Largest delay from a block's last sample to the end of its processing, in s."""
+    late_blocks: int = 0
+    """Blocks finished later than one block duration after their last sample: the detector
+    fell behind real time (only meaningful for live or paced input)."""
+    stream_start_wall: float | None = None
+    """Wall-clock time of the stream's first sample."""
 
 
 class Pipeline:
@@ -238,7 +247,9 @@ class Pipeline:
         )
         self._emit(alert)
         self.stats.alerts += 1
-        self.stats.alert_latency_s.append(time.time() - block_end)
+        now = time.time()
+        self.stats.alert_latency_s.append(now - block_end)
+        self.stats.alert_wall.append(now)
         if len(self.emitted) < self.keep_alerts:
             self.emitted.append(alert)
         log.info(
@@ -290,6 +301,7 @@ class Pipeline:
         started = time.perf_counter()
         if self._stream_start_wall is None:
             self._stream_start_wall = block.end_time - len(block.samples) / self.sample_rate_hz
+            self.stats.stream_start_wall = self._stream_start_wall
         self._samples += len(block.samples)
         self._anchor_wall = block.end_time
         frames = self.features.process(block.samples)
@@ -325,6 +337,10 @@ class Pipeline:
         try:
             for block in source.blocks():
                 self.process_block(block)
+                lag = time.time() - block.end_time
+                self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
+                if lag > len(block.samples) / self.sample_rate_hz:
+                    self.stats.late_blocks += 1
                 state = self.model.get_state()
                 self.stats.max_abs_state = max(
                     self.stats.max_abs_state, float(np.abs(state.c).max())

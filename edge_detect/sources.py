@@ -105,7 +105,8 @@ class WavFileSource:
 
     Block end times are the start time plus the audio's own time, so alert times of a file run
     say where in the file the event is (relative to when the run began). ``audio`` replaces
-    reading ``path`` (audio already decoded, e.g. FLAC by an evaluation tool).
+    reading ``path`` (audio already decoded, e.g. FLAC by an evaluation tool); ``repeat`` plays
+    the file that many times in a row (a long stream for benchmarks, without the memory).
     """
 
     def __init__(
@@ -116,7 +117,11 @@ class WavFileSource:
         block_ms: float = 100.0,
         realtime: bool,
         audio: Audio | None = None,
+        repeat: int = 1,
     ) -> None:
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise ConfigError(f"repeat must be a whole number >= 1, got {repeat!r}")
+        self.repeat = repeat
         self.name = str(path)
         self.sample_rate_hz = check_rate(sample_rate_hz, "model sample rate")
         self._block = block_samples(block_ms, self.sample_rate_hz)
@@ -129,6 +134,7 @@ class WavFileSource:
 
     @property
     def duration_s(self) -> float:
+        """Duration of one pass over the file, in s."""
         return len(self._samples) / self.sample_rate_hz
 
     def stop(self) -> None:
@@ -137,10 +143,16 @@ class WavFileSource:
     def blocks(self) -> Iterator[Block]:
         start = time.time()
         clock_start = time.monotonic()
-        for begin in range(0, len(self._samples), self._block):
+        n = len(self._samples)
+        for begin in range(0, n * self.repeat, self._block):
             if self._stop.is_set():
                 return
-            chunk = self._samples[begin : begin + self._block]
+            offset = begin % n
+            chunk = self._samples[offset : offset + min(self._block, n * self.repeat - begin)]
+            if len(chunk) < self._block and begin + len(chunk) < n * self.repeat:
+                # the block wraps around the end of the file
+                rest = self._samples[: self._block - len(chunk)]
+                chunk = np.concatenate([chunk, rest])
             audio_end_s = (begin + len(chunk)) / self.sample_rate_hz
             if self.realtime:
                 # wait until the block's last sample "has been recorded"
