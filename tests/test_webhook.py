@@ -12,8 +12,10 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -77,7 +79,13 @@ class Receiver:
     (TCP reset after reading the request); ``"@S"`` suffix: wait S seconds first.
     """
 
-    def __init__(self, secret: str = SECRET, actions: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        secret: str = SECRET,
+        actions: list[str] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.tls = tls
         self.verifier = Webhook(secret)
         self.actions = list(actions or [])
         self.lock = threading.Lock()
@@ -90,7 +98,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
     def start(self) -> None:
         receiver = self
@@ -140,6 +148,8 @@ class Receiver:
                 self.wfile.write(answer)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
@@ -613,3 +623,53 @@ def test_1000_fuzzed_responses_are_classified_without_a_traceback(tmp_path: Path
         server.close()
     assert set(kinds) == {"delivered", "retry", "dead", "gone"}, kinds
     assert sum(kinds.values()) == 1000
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_certificate_is_verified(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    receiver = Receiver(tls=server_tls)
+    untrusted = WebhookSink([endpoint(receiver.url)], tmp_path / "a.sqlite")
+    try:
+        untrusted.emit(make_alert(1))
+        assert wait_until(lambda: untrusted.stats["hook"].retries >= 1)
+        head = untrusted.outbox.head("hook")
+        assert head is not None and "CERTIFICATE_VERIFY_FAILED" in (head.last_error or "")
+        assert receiver.processed == {}  # a self-signed server is not trusted by default
+    finally:
+        untrusted.close()
+    trusted = WebhookSink([endpoint(receiver.url, ca_file=str(cert))], tmp_path / "b.sqlite")
+    alert = make_alert(2)
+    try:
+        trusted.emit(alert)
+        assert trusted.flush(10)
+    finally:
+        trusted.close()
+        receiver.stop()
+    assert list(receiver.processed) == [alert.id]  # ... but is with its CA given as ca_file
