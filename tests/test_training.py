@@ -254,3 +254,21 @@ def test_two_process_torchrun_keeps_centroids_and_weights_identical(
     for key in ("sums", "counts"):
         assert torch.equal(ranks[0]["cluster_loss"][key], ranks[1]["cluster_loss"][key])
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_ratio_subset_is_exact_and_refuses_what_the_split_cannot_give() -> None:
+    from edge_detect.errors import DatasetError
+    from train.datasets import Clip
+    from train.trainer import _ratio_subset
+
+    clips = [
+        Clip(Path(f"{label}{i}.wav"), label, label, f"g{label}{i}")
+        for label, n in (("a", 13), ("b", 5), ("c", 40))
+        for i in range(n)
+    ]
+    subset = _ratio_subset(clips, ["a", "b", "c"], [2, 1, 6], seed=3)
+    counts = {label: sum(c.label == label for c in subset) for label in "abc"}
+    assert counts == {"a": 10, "b": 5, "c": 30}  # unit 5: b and a limit it
+    assert _ratio_subset(clips, ["a", "b", "c"], [2, 1, 6], seed=3) == subset  # seeded
+    with pytest.raises(DatasetError, match="cannot give the ratio"):
+        _ratio_subset(clips, ["a", "b", "c"], [1, 6, 1], seed=0)

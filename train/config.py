@@ -63,6 +63,11 @@ class DataConfig:
     """Seed of the split by recording (group)."""
     max_clips_per_class: int = 0
     """Use at most this many training clips per class (0 = all); for quick runs."""
+    train_ratio: list[int] = field(default_factory=list)
+    """Draw a training subset with exactly these class ratios (in the order of ``labels``), as
+    large as the training split allows, e.g. [6, 1, 2, 16]; empty = every training clip."""
+    subset_seed: int = 0
+    """Seed of the ``train_ratio`` draw (paired seeds: one subset shared by every method)."""
     cache_dir: str = ""
     """Decoded-audio cache (train.cache.FeatureCache); "" = its default (.cache/features)."""
 
@@ -166,6 +171,11 @@ class TrainConfig:
             raise ConfigError(
                 f"data.background_label {self.data.background_label!r} is not in data.labels "
                 f"{labels}"
+            )
+        ratio = self.data.train_ratio
+        if ratio and (len(ratio) != len(labels) or min(ratio) < 1):
+            raise ConfigError(
+                f"data.train_ratio needs one positive integer per label {labels}, got {ratio}"
             )
         if self.model.num_classes != len(labels):
             raise ConfigError(

@@ -50,7 +50,15 @@ from train.datasets import Clip, filter_clips, load_manifest, split_by_group
 from train.losses import ClusterCentroidLoss, check_finite, classification_loss
 from train.models import StreamingLSTM, build_model
 
-__all__ = ["IGNORE", "RunResult", "SequenceBuilder", "train"]
+__all__ = [
+    "IGNORE",
+    "RunResult",
+    "SequenceBuilder",
+    "clip_scores",
+    "evaluate_clips",
+    "load_dataset",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +276,10 @@ def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
             rng.shuffle(of_label)
             limited += of_label[: data.max_clips_per_class]
         parts_clips["train"] = limited
+    if data.train_ratio:
+        parts_clips["train"] = _ratio_subset(
+            parts_clips["train"], data.labels, data.train_ratio, data.subset_seed
+        )
     cache = FeatureCache(
         config.resolve(data.cache_dir) if data.cache_dir else None, config.features
     )
@@ -307,6 +319,26 @@ def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
         "groups": {name: len({c.clip.group for c in part}) for name, part in parts.items()},
     }
     return Dataset(list(data.labels), index[data.background_label], parts, provenance)
+
+
+def _ratio_subset(
+    clips: Sequence[Clip], labels: Sequence[str], ratio: Sequence[int], seed: int
+) -> list[Clip]:
+    """The largest subset with exactly ``ratio`` clips per class (random clips, by ``seed``)."""
+    by_label = {label: [c for c in clips if c.label == label] for label in labels}
+    unit = min(len(by_label[label]) // r for label, r in zip(labels, ratio, strict=True))
+    if unit == 0:
+        raise DatasetError(
+            f"the training split cannot give the ratio {list(ratio)} of {list(labels)}: it has "
+            f"{[len(by_label[label]) for label in labels]} clips"
+        )
+    rng = random.Random(seed)
+    chosen = {
+        id(c)
+        for label, r in zip(labels, ratio, strict=True)
+        for c in rng.sample(by_label[label], unit * r)
+    }
+    return [c for c in clips if id(c) in chosen]
 
 
 # ---------------------------------------------------------------- evaluation
@@ -357,6 +389,17 @@ def evaluate_clips(
 
     Returns metrics, clip embeddings (N, E) (mean over active frames) and targets (N,).
     """
+    p_all, embeddings, y = clip_scores(model, items, config)
+    metrics = _per_class(y, p_all.argmax(1), labels)
+    metrics["auc"] = {label: _auc(p_all[:, i], y == i) for i, label in enumerate(labels)}
+    return metrics, embeddings, y
+
+
+@torch.no_grad()
+def clip_scores(
+    model: StreamingLSTM, items: Sequence[ClipAudio], config: TrainConfig
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Clip probabilities (N, C), clip embeddings (N, E) and targets (N,) (see evaluate_clips)."""
     model.eval()
     probs, embeddings, targets = [], [], []
     for item in items:
@@ -374,11 +417,7 @@ def evaluate_clips(
         probs.append(p[active].mean(0).numpy())
         embeddings.append(emb[0][active].mean(0).numpy())
         targets.append(item.target)
-    p_all = np.stack(probs)
-    y = np.asarray(targets, dtype=np.int64)
-    metrics = _per_class(y, p_all.argmax(1), labels)
-    metrics["auc"] = {label: _auc(p_all[:, i], y == i) for i, label in enumerate(labels)}
-    return metrics, np.stack(embeddings), y
+    return np.stack(probs), np.stack(embeddings), np.asarray(targets, dtype=np.int64)
 
 
 @torch.no_grad()
@@ -528,6 +567,8 @@ class RunResult:
     run_dir: Path
     checkpoint: Path
     metrics: dict[str, Any] = field(default_factory=dict)
+    test_clips: list[dict[str, Any]] = field(default_factory=list)
+    """Per test clip: group, target, predicted class and probabilities (for bootstraps)."""
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -850,6 +891,7 @@ def train(
         "band_check": _band_check(model, data, config),
     }
     test_items = data.parts["test"]
+    test_clips: list[dict[str, Any]] = []
     if test_items:
         test_bgs = [c for c in test_items if c.target == bg] or val_backgrounds
         test_builder = SequenceBuilder(config, test_items, test_bgs, bg)
@@ -858,6 +900,17 @@ def train(
             test_builder.build(i, test_rng, augment=False) for i in range(len(test_items))
         ]
         clip_test, _, _ = evaluate_clips(model, test_items, config, labels)
+        test_probs, _, _ = clip_scores(model, test_items, config)
+        test_clips = [
+            {
+                "group": item.clip.group,
+                "source": item.clip.source,
+                "target": item.target,
+                "pred": int(p.argmax()),
+                "probs": [round(float(v), 5) for v in p],
+            }
+            for item, p in zip(test_items, test_probs, strict=True)
+        ]
         stream_test, _ = evaluate_stream(
             model, test_sequences, [c.target for c in test_items], labels, bg, config
         )
@@ -887,7 +940,7 @@ def train(
         clip_val["per_class_error"],
         checkpoint,
     )
-    return RunResult(run_dir, checkpoint, metrics)
+    return RunResult(run_dir, checkpoint, metrics, test_clips)
 
 
 def _same_centroids(loss: ClusterCentroidLoss, world: int) -> None:
