@@ -229,7 +229,7 @@ class RawPcmSource:
             usable = len(data) - len(data) % self._frame_bytes
             leftover = data[usable:]
             ended = len(data) < self._read_bytes
-            if usable:
+            if usable or ended:  # at the end, flush what the resampler's filter still holds
                 mono = to_mono(pcm_to_float(data[:usable], self._format, self._channels))
                 out = self._resampler.process(mono, last=ended)
                 if out.size:

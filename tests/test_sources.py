@@ -1,0 +1,127 @@
+"""Audio sources: WAV (fast, paced, repeated), raw PCM on stdin, and the microphone's errors."""
+
+from __future__ import annotations
+
+import ctypes.util
+import io
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import FIXTURES, ROOT
+
+from edge_detect.audio import Audio, resample, write_wav
+from edge_detect.errors import AudioDeviceError, ConfigError
+from edge_detect.sources import MicrophoneSource, RawPcmSource, WavFileSource, block_samples
+
+RATE = 16_000
+
+
+def joined(source) -> np.ndarray:
+    return np.concatenate([b.samples for b in source.blocks()])
+
+
+def test_wav_at_44k_stereo_becomes_16k_mono_blocks(tmp_path):
+    rng = np.random.default_rng(0)
+    stereo = rng.uniform(-0.5, 0.5, (44_100, 2)).astype(np.float32)
+    path = tmp_path / "s.wav"
+    write_wav(path, stereo, 44_100)
+    source = WavFileSource(path, RATE, block_ms=100, realtime=False)
+    blocks = list(source.blocks())
+    assert [len(b.samples) for b in blocks] == [1600] * 10
+    expected = resample(np.round(stereo * 32767).mean(axis=1) / 32768, 44_100, RATE)
+    np.testing.assert_allclose(np.concatenate([b.samples for b in blocks]), expected, atol=1e-4)
+    ends = np.array([b.end_time for b in blocks])
+    np.testing.assert_allclose(np.diff(ends), 0.1, atol=1e-6)
+
+
+def test_repeat_plays_the_file_again_for_any_block_size():
+    x = np.arange(1000, dtype=np.float32) / 1000
+    for block_ms in (5.0, 7.0, 100.0):
+        source = WavFileSource("x", RATE, block_ms=block_ms, realtime=False, audio=Audio(x, RATE))
+        source.repeat = 3
+        np.testing.assert_array_equal(joined(source), np.tile(x, 3))
+
+
+def test_realtime_pacing_and_stop(tmp_path):
+    path = tmp_path / "half.wav"
+    write_wav(path, np.zeros(RATE // 2, dtype=np.float32), RATE)
+    started = time.monotonic()
+    assert len(joined(WavFileSource(path, RATE, realtime=True))) == RATE // 2
+    assert 0.45 <= time.monotonic() - started < 2.0
+    source = WavFileSource(path, RATE, realtime=True)
+    blocks = source.blocks()
+    next(blocks)
+    source.stop()
+    assert list(blocks) == []
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that returns at most 7 bytes per read, like a slow arecord."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        part, self.data = self.data[: min(n, 7)], self.data[min(n, 7) :]
+        return part
+
+
+def test_raw_pcm_from_short_reads_with_a_torn_last_frame(caplog):
+    x = (np.sin(np.arange(4000) / 10) * 0.5).astype(np.float32)
+    data = x.astype("<f4").tobytes() + b"\x01\x02"  # 2 stray bytes at the end
+    source = RawPcmSource(Trickle(data), RATE, input_rate_hz=RATE, sample_format="f32le")
+    np.testing.assert_array_equal(joined(source), x)
+    assert "not a whole f32le frame" in caplog.text
+
+
+def test_raw_pcm_is_resampled_in_a_stream():
+    x = (np.sin(2 * np.pi * 440 * np.arange(48_000) / 48_000) * 0.5).astype(np.float32)
+    pcm = np.round(x * 32767).astype("<i2").tobytes()
+    source = RawPcmSource(io.BytesIO(pcm), RATE, input_rate_hz=48_000, block_ms=100)
+    out = joined(source)
+    assert abs(len(out) - RATE) <= 2
+    np.testing.assert_allclose(out[200:-200], resample(x, 48_000, RATE)[200:-200], atol=2e-3)
+
+
+def test_bad_source_settings_are_refused():
+    with pytest.raises(ConfigError, match="raw PCM format 'u8'"):
+        RawPcmSource(io.BytesIO(), RATE, input_rate_hz=RATE, sample_format="u8")
+    with pytest.raises(ConfigError, match="channels must be a whole number >= 1"):
+        RawPcmSource(io.BytesIO(), RATE, input_rate_hz=RATE, channels=0)
+    with pytest.raises(ConfigError, match="block_ms=3000 is out of range"):
+        block_samples(3000, RATE)
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("portaudio"), reason="libportaudio2 missing")
+def test_unknown_microphone_name_is_a_clear_error():
+    source = MicrophoneSource(RATE, device="no-such-microphone-xyz")
+    with pytest.raises(AudioDeviceError, match="edge-detect devices"):
+        next(source.blocks())
+
+
+def test_missing_portaudio_breaks_only_the_microphone(tmp_path):
+    # sounddevice raises OSError when the PortAudio library cannot be loaded
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "sounddevice.py").write_text("raise OSError('PortAudio library not found')\n")
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    command = [sys.executable, "-m", "edge_detect"]
+    result = subprocess.run(
+        [*command, "devices"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 2
+    assert "sudo apt install libportaudio2" in result.stderr and "Traceback" not in result.stderr
+    wav = tmp_path / "q.wav"
+    write_wav(wav, np.zeros(RATE, dtype=np.float32), RATE)
+    result = subprocess.run(
+        [*command, "run", "--input", str(wav), "--model", str(FIXTURES / "tiny_model.onnx")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
