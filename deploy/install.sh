@@ -152,17 +152,17 @@ group_exists() {
   else getent group "$1" >/dev/null; fi
 }
 group_id() {
-  if [ -n "$ROOT" ]; then awk -F: -v g="$1" '$1 == g { print $3 }' "$ROOT/etc/group" 2>/dev/null
-  else getent group "$1" | cut -d: -f3; fi
+  if [ -n "$ROOT" ]; then awk -F: -v g="$1" '$1 == g { print $3 }' "$ROOT/etc/group" 2>/dev/null || true
+  else getent group "$1" | cut -d: -f3 || true; fi
 }
 user_id() {
-  if [ -n "$ROOT" ]; then awk -F: -v u="$1" '$1 == u { print $3 }' "$ROOT/etc/passwd" 2>/dev/null
-  else getent passwd "$1" | cut -d: -f3; fi
+  if [ -n "$ROOT" ]; then awk -F: -v u="$1" '$1 == u { print $3 }' "$ROOT/etc/passwd" 2>/dev/null || true
+  else getent passwd "$1" | cut -d: -f3 || true; fi
 }
 in_audio_group() {
   local members
-  if [ -n "$ROOT" ]; then members="$(awk -F: '$1 == "audio" { print $4 }' "$ROOT/etc/group")"
-  else members="$(getent group audio | cut -d: -f4)"; fi
+  if [ -n "$ROOT" ]; then members="$(awk -F: '$1 == "audio" { print $4 }' "$ROOT/etc/group" 2>/dev/null || true)"
+  else members="$(getent group audio | cut -d: -f4 || true)"; fi
   case ",$members," in *",$SERVICE_USER,"*) return 0 ;; *) return 1 ;; esac
 }
 
@@ -240,7 +240,18 @@ install_runtime() {
     [ -z "$WHEELHOUSE" ] || pip_args+=(--no-index --find-links "$WHEELHOUSE")
     [ "$UPGRADE" = 0 ] || pip_args+=(--upgrade)
     say "runtime: installing $src"
-    "$R_VENV/bin/pip" "${pip_args[@]}" "$src"
+    if [ -d "$src" ]; then
+      # Build from a copy: pip would leave root-owned build/ and *.egg-info folders in the
+      # user's checkout, which later break 'pip install -e .' there.
+      BUILD_COPY="$(mktemp -d)"
+      trap 'rm -rf "$BUILD_COPY"' EXIT
+      tar -C "$src" --exclude=.git --exclude=.venv --exclude=build --exclude=dist \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=runs --exclude=.cache \
+        -cf - . | tar -C "$BUILD_COPY" -xf -
+      "$R_VENV/bin/pip" "${pip_args[@]}" "$BUILD_COPY"
+    else
+      "$R_VENV/bin/pip" "${pip_args[@]}" "$src"
+    fi
     [ -z "$fingerprint" ] || echo "$fingerprint" >"$FINGERPRINT_FILE"
     RUNTIME_CHANGED=1
   fi
@@ -305,7 +316,7 @@ install_config() {
     fi
   else
     put_file "$template" "$R_CONF" 0640 "$owner" || true
-    say "config: wrote $CONF (mode 0640, root:$SERVICE_USER): edit it, then systemctl restart $NAME"
+    say "config: wrote $CONF (mode 0640, ${owner:+root:$SERVICE_USER}${owner:-owner unchanged: no group $SERVICE_USER}): edit it, then systemctl restart $NAME"
   fi
 }
 

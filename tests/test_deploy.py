@@ -3,18 +3,19 @@
 The installer runs for real (venv, pip, useradd, systemctl --root) but inside a temporary root:
 accounts go to ROOT/etc/passwd through ``useradd --prefix``, the service is enabled offline with
 ``systemctl --root``, apt and starting the service are skipped. The runtime comes from a local
-wheelhouse (the checkout built as a wheel plus its dependencies' wheels) so the install is
-offline and fast, and the venv is what a device gets: edge_detect and its dependencies, no torch.
+wheelhouse (the dependencies and the build backend as wheels; the package itself is built from a
+copy of the checkout, as from a clone), so the install is offline and fast, and the venv is what a
+device gets: edge_detect and its dependencies, no torch.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,28 +38,24 @@ def _run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The checkout as a wheel, plus wheels of its dependencies for this Python."""
-    house = tmp_path_factory.mktemp("wheelhouse")
-    # Build from a copy of the package files: other tools' build/ folders in the checkout stay
-    # untouched and cannot leak into the wheel.
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout's package files: the installer builds from it like from a clone."""
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(
         ROOT / "edge_detect", src / "edge_detect", ignore=shutil.ignore_patterns("__pycache__")
     )
-    isolation = [] if importlib.util.find_spec("setuptools") else ["--use-pep517"]
-    build = _run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(house)]
-        + (["--no-build-isolation"] if not isolation else isolation)
-        + [str(src)]
-    )
-    assert build.returncode == 0, build.stderr
-    wheel = next(house.glob("edge_detect-*.whl"))
+    return src
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Path:
+    """Wheels of the runtime's dependencies for this Python, and of the build backend."""
+    house = tmp_path_factory.mktemp("wheelhouse")
     fetch = _run(
         [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(house)]
-        + [str(wheel)]
+        + ["setuptools>=68", "wheel", str(source)]
     )
     if fetch.returncode != 0:
         pytest.skip(
@@ -78,24 +75,21 @@ def _fake_root(path: Path) -> Path:
     return path
 
 
-def _install(root: Path, wheelhouse: Path, *extra: str, env: dict[str, str] | None = None):
-    wheel = next(wheelhouse.glob("edge_detect-*.whl"))
-    cmd = [
-        "bash",
-        str(INSTALL_SH),
-        "--root",
-        str(root),
-        "--source",
-        str(wheel),
-        "--wheelhouse",
-        str(wheelhouse),
-        "--python",
-        sys.executable,
-        *extra,
-    ]
-    if not IS_ROOT:
-        cmd.append("--no-user")
-    return _run(cmd, env={**os.environ, **(env or {})})
+Installer = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def install(source: Path, wheelhouse: Path) -> Installer:
+    """Runs install.sh into a given root, from the source copy, offline from the wheelhouse."""
+
+    def run(root: Path, *extra: str, env: dict[str, str] | None = None):
+        cmd = ["bash", str(INSTALL_SH), "--root", str(root), "--source", str(source)]
+        cmd += ["--wheelhouse", str(wheelhouse), "--python", sys.executable, *extra]
+        if not IS_ROOT:
+            cmd.append("--no-user")  # useradd needs root even with --prefix
+        return _run(cmd, env={**os.environ, **(env or {})})
+
+    return run
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
@@ -130,13 +124,16 @@ def example_config() -> Path:
 
 @pytest.fixture(scope="module")
 def installed(
-    example_config: Path, tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path
+    example_config: Path, tmp_path_factory: pytest.TempPathFactory, install: Installer, source: Path
 ) -> Path:
     host_passwd = Path("/etc/passwd").read_bytes()
+    before = sorted(p.name for p in source.iterdir())
     root = _fake_root(tmp_path_factory.mktemp("sysroot"))
-    result = _install(root, wheelhouse)
+    result = install(root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert Path("/etc/passwd").read_bytes() == host_passwd, "the installer touched this machine"
+    # pip built from a copy: no root-owned build/ or *.egg-info left in the user's checkout
+    assert sorted(p.name for p in source.iterdir()) == before
     return root
 
 
@@ -201,9 +198,9 @@ def test_install_writes_private_config_unit_and_state_dir(installed: Path) -> No
         ), passwd
 
 
-def test_second_run_changes_nothing(installed: Path, wheelhouse: Path) -> None:
+def test_second_run_changes_nothing(installed: Path, install: Installer) -> None:
     before = _snapshot(installed)
-    result = _install(installed, wheelhouse)
+    result = install(installed)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "runtime: up to date" in result.stdout
     assert "config: kept" in result.stdout
@@ -212,10 +209,10 @@ def test_second_run_changes_nothing(installed: Path, wheelhouse: Path) -> None:
     assert changed == []
 
 
-def test_32bit_arm_is_refused_plainly(tmp_path: Path, wheelhouse: Path) -> None:
+def test_32bit_arm_is_refused_plainly(tmp_path: Path, install: Installer) -> None:
     root = tmp_path / "pi"
     for env in ({"EDGE_DETECT_MACHINE": "armv7l"}, {"EDGE_DETECT_DPKG_ARCH": "armhf"}):
-        result = _install(root, wheelhouse, env=env)
+        result = install(root, env=env)
         assert result.returncode == 1
         assert "32-bit ARM" in result.stderr and "64-bit" in result.stderr
         assert "onnxruntime" in result.stderr
@@ -271,12 +268,12 @@ def test_unit_security_exposure_is_at_most_2() -> None:
 
 
 def test_uninstall_keeps_config_and_data_purge_removes_them(
-    installed: Path, wheelhouse: Path
+    installed: Path, install: Installer
 ) -> None:
     # Runs last in this module: it takes the shared installation apart.
     config = installed / "etc/edge-detect/config.toml"
     config.write_text(config.read_text() + "\n# edited by the user\n")
-    rerun = _install(installed, wheelhouse)
+    rerun = install(installed)
     assert rerun.returncode == 0, rerun.stderr
     assert config.read_text().endswith("# edited by the user\n"), (
         "an existing config was overwritten"
@@ -285,7 +282,7 @@ def test_uninstall_keeps_config_and_data_purge_removes_them(
 
     data = installed / "var/lib/edge-detect/outbox.sqlite"
     data.write_bytes(b"pending alerts")
-    result = _install(installed, wheelhouse, "--uninstall")
+    result = install(installed, "--uninstall")
     assert result.returncode == 0, result.stderr
     assert not (installed / "opt/edge-detect").exists()
     assert not (installed / "etc/systemd/system/edge-detect.service").exists()
@@ -295,7 +292,7 @@ def test_uninstall_keeps_config_and_data_purge_removes_them(
     assert config.read_text().endswith("# edited by the user\n")
     assert data.read_bytes() == b"pending alerts"
 
-    purge = _install(installed, wheelhouse, "--uninstall", "--purge")
+    purge = install(installed, "--uninstall", "--purge")
     assert purge.returncode == 0, purge.stderr
     assert not (installed / "etc/edge-detect").exists()
     assert not (installed / "var/lib/edge-detect").exists()
