@@ -15,7 +15,9 @@ pending record is the head; nothing behind it is tried until it is delivered or 
 Size policy (never silent): the queue holds at most ``max_pending`` records. When a new record
 would exceed that, the *oldest* pending record (whichever endpoint holds it: usually the one that
 has been down longest) moves to the dead-letter table with the reason ``evicted: outbox full``, a
-warning is logged and ``on_overflow`` is called. Newest alerts are kept because a baby crying
+warning is logged for each, and ``on_overflow`` is called (at most once per
+``overflow_report_s``, so the pipeline can turn it into an ``overflow`` health event that goes
+through this same outbox without a storm). Newest alerts are kept because a baby crying
 now matters more than a dog that barked two days ago while the network was down. The dead-letter
 table keeps the newest ``max_dead`` records; older dead letters are dropped (already reported).
 
@@ -28,8 +30,10 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +131,11 @@ class Outbox:
     max_dead
         Most dead letters kept (newest win).
     on_overflow
-        Called with a human-readable detail (never a secret) whenever a record is evicted.
+        Called with a human-readable detail (never a secret) when records are evicted, at most
+        once per ``overflow_report_s``; settable later as the ``on_overflow`` attribute (e.g.
+        ``lambda detail: pipeline.health("overflow", detail)``). It may put into this outbox.
+    overflow_report_s
+        Least time between two ``on_overflow`` calls, seconds (0: every eviction).
     """
 
     def __init__(
@@ -137,6 +145,7 @@ class Outbox:
         max_pending: int = DEFAULT_MAX_PENDING,
         max_dead: int = DEFAULT_MAX_DEAD,
         on_overflow: Callable[[str], None] | None = None,
+        overflow_report_s: float = 600.0,
     ) -> None:
         if max_pending < 1 or max_dead < 0:
             raise ConfigError(
@@ -146,7 +155,11 @@ class Outbox:
         self.path = Path(path)
         self.max_pending = max_pending
         self.max_dead = max_dead
-        self._on_overflow = on_overflow
+        self.on_overflow = on_overflow
+        self.overflow_report_s = overflow_report_s
+        self._last_report = -math.inf
+        self._unreported = 0
+        self._reporting = False
         self._lock = threading.Lock()
         self.evicted = 0
         """Records evicted because the outbox was full, since this object was opened."""
@@ -246,9 +259,25 @@ class Outbox:
         for detail in evicted:
             self.evicted += 1
             log.warning("%s", detail)
-            if self._on_overflow is not None:
-                self._on_overflow(detail)
+        if evicted:
+            self._report_overflow(len(evicted), evicted[-1])
         return seqs
+
+    def _report_overflow(self, count: int, detail: str) -> None:
+        self._unreported += count
+        now = time.monotonic()
+        if (
+            self.on_overflow is None
+            or self._reporting  # the callback's own put evicted: counted for the next report
+            or now - self._last_report < self.overflow_report_s
+        ):
+            return
+        self._last_report, total, self._unreported = now, self._unreported, 0
+        self._reporting = True
+        try:
+            self.on_overflow(f"{total} message(s) evicted since the last report; latest: {detail}")
+        finally:
+            self._reporting = False
 
     def _evict_if_full(self, endpoint: str, now: float) -> list[str]:
         (count,) = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()

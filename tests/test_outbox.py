@@ -64,9 +64,9 @@ def test_retry_schedule_and_dead_letter_keep_reason(tmp_path: Path) -> None:
 
 def test_full_outbox_evicts_oldest_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     overflow: list[str] = []
-    with Outbox(
-        tmp_path / "o.sqlite", max_pending=3, max_dead=1, on_overflow=overflow.append
-    ) as box:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path, max_pending=3, max_dead=1, overflow_report_s=0) as box:
+        box.on_overflow = overflow.append
         with caplog.at_level(logging.WARNING, logger="edge_detect.outbox"):
             for i in range(5):
                 box.put(["a"], f"m{i}", b"x", now=float(i))
@@ -76,6 +76,26 @@ def test_full_outbox_evicts_oldest_loudly(tmp_path: Path, caplog: pytest.LogCapt
         (dead,) = box.dead_letters()  # max_dead=1: the newest dead letter is kept
         assert dead.message_id == "m1" and dead.reason.startswith("evicted: outbox full")
         assert box.evicted == 2
+
+
+def test_overflow_reports_are_rate_limited_and_may_reenter(tmp_path: Path) -> None:
+    """The pipeline turns a report into a health event that goes into the same full outbox."""
+    reports: list[str] = []
+    with Outbox(tmp_path / "o.sqlite", max_pending=2, overflow_report_s=3600) as box:
+
+        def health_event(detail: str) -> None:
+            reports.append(detail)
+            box.put(["a"], f"health{len(reports)}", b"overflow", now=0.0)  # evicts again
+
+        box.on_overflow = health_event
+        for i in range(10):
+            box.put(["a"], f"m{i}", b"x", now=float(i))
+        assert len(reports) == 1 and reports[0].startswith("1 message(s) evicted")
+        assert _ids(box.pending()) == ["m8", "m9"]
+        assert box.evicted == 9  # m0..m7 and the health event itself, each logged
+        box.overflow_report_s = 0
+        box.put(["a"], "m10", b"x", now=10.0)
+        assert reports[1].startswith("9 message(s) evicted since the last report")
 
 
 def test_disable_endpoint_persists_until_target_changes(tmp_path: Path) -> None:
