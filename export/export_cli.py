@@ -10,19 +10,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from export.limits import DEFAULT_INT8_CLIPS, INT8_MAX_F1_DROP_POINTS, PARITY_TOLERANCE
+
 __all__ = ["add_arguments", "register", "run"]
 
 log = logging.getLogger(__name__)
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
-DEFAULT_INT8_CLIPS = 300
-"""Validation clips decoded for the int8 metric check (spread evenly over the manifest)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The export options (shared by ``edge-detect export`` and ``python -m export``)."""
-    from export.onnx_export import PARITY_TOLERANCE
-    from export.quantize import INT8_MAX_F1_DROP_POINTS
 
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (.pt) to export")
     parser.add_argument(

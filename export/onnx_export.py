@@ -33,6 +33,7 @@ from edge_detect.detect import ClassDetection
 from edge_detect.errors import CheckpointError, ModelError
 from edge_detect.features import FeatureConfig
 from edge_detect.model import INPUT_NAMES, METADATA_KEYS, OUTPUT_NAMES, SCHEMA_VERSION
+from export.limits import PARITY_CHUNK_FRAMES, PARITY_TOLERANCE
 from train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from train.models import StreamingLSTM
 
@@ -55,10 +56,6 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 """ONNX opset of the exported graph (ONNX Runtime >= 1.14 runs it)."""
-PARITY_TOLERANCE = 1e-4
-"""Largest allowed absolute difference of scores and state, torch vs ONNX Runtime."""
-PARITY_CHUNK_FRAMES = (1, 10, 100)
-"""Chunk lengths checked on every export: one frame, 100 ms and 1 s at a 10 ms hop."""
 _STREAM_FRAMES = 237
 """Length of the stream compared chunked vs whole (not a multiple of any chunk length)."""
 _STATE_SCALE = 0.5
