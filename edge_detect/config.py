@@ -51,6 +51,7 @@ SINK_BUILDERS: dict[str, SinkBuilder] = {}
 BUILTIN_SINKS: dict[str, tuple[str, str]] = {
     "webhook": ("edge_detect.webhook", "webhook_sink_from_settings"),
     "metrics": ("edge_detect.metrics", "build_metrics_sink"),
+    "mqtt": ("edge_detect.mqtt", "mqtt_sink_from_settings"),
 }
 """The package's own outputs: kind -> (module, builder), imported only when configured."""
 
@@ -95,7 +96,7 @@ class RuntimeConfig:
     threads: int = 1
     """ONNX Runtime threads (1 suits a Raspberry Pi: audio and model do not fight over cores)."""
     source: str = "mic"
-    """'mic', a WAV file path, or '-' for raw PCM on stdin."""
+    """'mic', a WAV file path, '-' for raw PCM on stdin, or 'demo' (the bundled recording)."""
     device: int | str | None = None
     """Microphone: index or part of the name (``edge-detect devices``); None = the default."""
     block_ms: float = 100.0
