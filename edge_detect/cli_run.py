@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from edge_detect.audio import PCM_FORMATS
@@ -37,6 +38,9 @@ from edge_detect.sources import (
 __all__ = ["build_pipeline", "build_sinks", "build_source", "register"]
 
 log = logging.getLogger(__name__)
+
+DEMO_PATH = Path(__file__).resolve().parent / "assets" / "demo.wav"
+"""The bundled demo recording (``--input demo``): a dog bark, a baby's cry and a gunshot."""
 
 # flag -> config field; flags default to "not given" so that the config file's value stays
 FLAG_FIELDS = {
@@ -73,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
 def build_source(
     config: RuntimeConfig, sample_rate_hz: int, on_health: HealthCallback | None = None
 ) -> Source:
-    """The audio source that ``config.source`` names: 'mic', '-' (raw PCM stdin) or a WAV."""
+    """The audio source that ``config.source`` names: 'mic', '-' (raw PCM stdin), 'demo' (the
+    bundled demo recording) or a WAV file."""
     if config.source == "mic":
         return MicrophoneSource(
             sample_rate_hz,
@@ -82,6 +87,10 @@ def build_source(
             on_health=on_health,
             stall_timeout_s=config.stall_timeout_s,
             backoff_max_s=config.backoff_max_s,
+        )
+    if config.source == "demo":
+        return WavFileSource(
+            DEMO_PATH, sample_rate_hz, block_ms=config.block_ms, realtime=config.realtime
         )
     if config.source == "-":
         return RawPcmSource(
@@ -197,6 +206,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
             "Flags override the config file; the config file overrides the defaults shown.\n"
             "Examples:\n"
             "  edge-detect run                        # default microphone, bundled model\n"
+            "  edge-detect run --input demo           # the bundled demo recording\n"
             "  edge-detect run --input recording.wav\n"
             "  arecord -q -f S16_LE -r 48000 -c 1 -t raw | edge-detect run --input - --rate 48000"
         ),
@@ -211,8 +221,9 @@ def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
     run.add_argument(
         "--input",
         default=S,
-        metavar="mic|FILE.wav|-",
-        help=f"'mic', a WAV file, or '-' for raw PCM on stdin (default: {D.source})",
+        metavar="mic|FILE.wav|-|demo",
+        help=f"'mic', a WAV file, '-' for raw PCM on stdin, or 'demo' for the bundled demo "
+        f"recording (default: {D.source})",
     )
     run.add_argument(
         "--device", default=S, help="microphone index or part of its name (default: the default)"

@@ -63,6 +63,6 @@ def test_real_background_recording_gives_no_alert():
     assert run_cli(FIXTURES / "background_street.wav") == []
 
 
-def test_whole_demo_alerts_each_event_once_in_order():
-    alerts = run_cli(DEMO)
+def test_readme_first_command_alerts_each_demo_event_once_in_order():
+    alerts = run_cli("demo")  # edge-detect run --input demo
     assert [a["class"] for a in alerts] == [e["label"] for e in demo_events()]
