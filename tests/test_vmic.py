@@ -214,9 +214,11 @@ def test_detector_recovers_when_the_audio_server_restarts(vmic, tmp_path):
     config = tmp_path / "tone.toml"
     config.write_text(TONE_CONFIG)
     wav = tone_wav(tmp_path / "tone.wav")
+    # by name: after PortAudio is re-initialised the name is looked up again
     detector = Detector(
-        vmic.env, tmp_path / "stderr.log", "--model", str(TINY), "--config", str(config)
-    )
+        vmic.env, tmp_path / "stderr.log", "--device", "pulse", "--model", str(TINY),
+        "--config", str(config),
+    )  # fmt: skip
     try:
         detector.wait_for("started", 30)
         time.sleep(2.0)
@@ -236,3 +238,13 @@ def test_detector_recovers_when_the_audio_server_restarts(vmic, tmp_path):
     assert lost["seq"] < restored["seq"]
     assert alerts(detector) == ["baby_cry", "baby_cry"], err
     assert "microphone lost" in err and "microphone restored" in err
+
+
+def test_devices_lists_the_virtual_microphone(vmic):
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_detect", "devices"],
+        env=vmic.env, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[-1] for line in result.stdout.splitlines()[1:]]
+    assert "pulse" in names and "default" in names
