@@ -226,7 +226,9 @@ def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
         f"recording (default: {D.source})",
     )
     run.add_argument(
-        "--device", default=S, help="microphone index or part of its name (default: the default)"
+        "--device",
+        default=S,
+        help="microphone index or part of its name; a missing one is waited for (default: the default)",
     )
     run.add_argument(
         "--block-ms",

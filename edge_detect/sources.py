@@ -455,12 +455,9 @@ class MicrophoneSource:
                     try:
                         stream, resampler = self._open(reinitialise=not first_open)
                         last_audio = time.monotonic()
-                    except AudioDeviceError as exc:
-                        if first_open:
-                            raise  # a wrong device name at start-up is the user's mistake
-                        log.warning("microphone reopen failed: %s; retry in %.1f s", exc, backoff)
-                        stream = None
                     except Exception as exc:  # noqa: BLE001 - PortAudio errors of all kinds
+                        # Also a device name that matches nothing: a USB microphone that is not
+                        # plugged in yet at boot must not stop the service; the log says why.
                         if not lost:
                             lost = True
                             self._on_health("microphone_lost", f"cannot open: {exc}")
