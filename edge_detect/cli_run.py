@@ -228,7 +228,7 @@ def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
     run.add_argument(
         "--device",
         default=S,
-        help="microphone index or part of its name; a missing one is waited for (default: the default)",
+        help="microphone index or part of its name; waits for a missing one (default: the default)",
     )
     run.add_argument(
         "--block-ms",
