@@ -248,3 +248,26 @@ def test_devices_lists_the_virtual_microphone(vmic):
     assert result.returncode == 0, result.stderr
     names = [line.split()[-1] for line in result.stdout.splitlines()[1:]]
     assert "pulse" in names and "default" in names
+
+
+@pytest.mark.skipif(
+    not DEFAULT_MODEL.is_file(), reason=f"no trained default model at {DEFAULT_MODEL} yet"
+)
+def test_real_event_through_the_virtual_microphone_with_the_default_model(vmic, tmp_path):
+    from edge_detect.audio import read_wav
+
+    demo = read_wav(ROOT / "edge_detect" / "assets" / "demo.wav")
+    # the gunshot of the demo (19.0-20.2 s) with 1.5 s of its background before and after
+    cut = demo.samples[round(17.5 * RATE) : round(21.7 * RATE)]
+    wav = tmp_path / "gun_shot.wav"
+    write_wav(wav, cut, RATE)
+    detector = Detector(vmic.env, tmp_path / "stderr.log")
+    try:
+        detector.wait_for("started", 30)
+        time.sleep(2.0)
+        vmic.play(wav)
+        detector.wait_for("gun_shot", 10)
+        time.sleep(1.5)
+    finally:
+        err = detector.stop()
+    assert alerts(detector) == ["gun_shot"], err
