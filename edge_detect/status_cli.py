@@ -31,7 +31,7 @@ from edge_detect.metrics import (
     parse_metrics,
 )
 
-__all__ = ["fetch_metrics", "format_status", "metrics_url", "register"]
+__all__ = ["fetch_metrics", "format_status", "health", "metrics_url", "register"]
 
 DEFAULT_CONFIG = Path("/etc/edge-detect/config.toml")
 EXIT_OK = 0

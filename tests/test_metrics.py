@@ -367,3 +367,20 @@ def test_format_status_flags_stale_audio() -> None:
     text = format_status(metrics.samples(), "http://h/metrics", now=later)
     assert "health      no audio processed for 2 min\n" in text
     assert io.StringIO(text).readline().startswith("edge-detect ")
+
+
+@pytest.mark.parametrize("name", ["edge_detect.metrics", "edge_detect.status_cli"])
+def test_all_lists_every_public_class_and_function(name: str) -> None:
+    import importlib
+    import inspect
+
+    module = importlib.import_module(name)
+    defined = {
+        attr
+        for attr, value in vars(module).items()
+        if not attr.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == name
+    }
+    assert all(hasattr(module, attr) for attr in module.__all__)
+    assert defined <= set(module.__all__), sorted(defined - set(module.__all__))
