@@ -365,8 +365,11 @@ enable_service() {
       say "service: running, unchanged"
     fi
   else
-    systemctl start "$UNIT_NAME" || say "service: did not start; see: journalctl -u $NAME -n 50"
-    systemctl is-active --quiet "$UNIT_NAME" && say "service: started"
+    if systemctl start "$UNIT_NAME" && systemctl is-active --quiet "$UNIT_NAME"; then
+      say "service: started"
+    else
+      die "the service did not start; see: journalctl -u $NAME -n 50"
+    fi
   fi
 }
 
