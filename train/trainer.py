@@ -74,6 +74,9 @@ SMOOTHING_MS = 100.0
 """Moving average applied to frame scores when choosing detection thresholds (as the runtime)."""
 MIN_THRESHOLD = 0.3
 """Lowest detection threshold a checkpoint proposes."""
+FALSE_ALARM_WEIGHT = 2.0
+"""Threshold choice maximises detected - FALSE_ALARM_WEIGHT * false-alarm share of sequences:
+in a stream a false alarm costs more than a late or missed event of a rare class."""
 LAST_NAME, BEST_NAME = "checkpoint_last.pt", "checkpoint.pt"
 VAL_SEQUENCE_SEED = 12345
 
@@ -431,8 +434,9 @@ def evaluate_stream(
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Frame-level metrics on background-event-background sequences, and detection defaults.
 
-    A class's threshold maximises (sequences of the class detected) - (other sequences with a
-    false detection), on the maximum of the smoothed frame score of each sequence.
+    A class's threshold maximises (share of the class's sequences detected) -
+    FALSE_ALARM_WEIGHT * (share of other sequences with a false detection), on the maximum of
+    the smoothed frame score of each sequence.
     """
     model.eval()
     smooth = max(1, round(SMOOTHING_MS / config.features.hop_ms))
@@ -458,14 +462,14 @@ def evaluate_stream(
             detection[label] = ClassDetection(enabled=False).to_dict()
             continue
         positive = owner == c
-        best, best_t = -2.0, 0.5
+        best, best_t = -math.inf, MIN_THRESHOLD
         for t in np.unique(np.concatenate([peak[:, c], [MIN_THRESHOLD]])):
             if t < MIN_THRESHOLD:
                 continue
             tpr = float((peak[positive, c] >= t).mean()) if positive.any() else 0.0
             fpr = float((peak[~positive, c] >= t).mean()) if (~positive).any() else 0.0
-            if tpr - fpr > best:
-                best, best_t = tpr - fpr, float(t)
+            if tpr - FALSE_ALARM_WEIGHT * fpr > best:
+                best, best_t = tpr - FALSE_ALARM_WEIGHT * fpr, float(t)
         threshold = round(min(best_t, 0.95), 3)
         detection[label] = ClassDetection(
             threshold_on=threshold,
