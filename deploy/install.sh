@@ -70,6 +70,11 @@ while [ $# -gt 0 ]; do
 done
 [ "$PURGE" = 0 ] || [ "$ACTION" = uninstall ] || die "--purge only goes with --uninstall"
 
+# Temporary files and folders of this run, removed however it ends.
+CLEANUP=()
+cleanup() { [ "${#CLEANUP[@]}" = 0 ] || rm -rf -- "${CLEANUP[@]}"; }
+trap cleanup EXIT
+
 if [ -n "$ROOT" ]; then
   ROOT="$(realpath -m "$ROOT")"
   [ "$ROOT" != / ] || ROOT=""
@@ -244,7 +249,7 @@ install_runtime() {
       # Build from a copy: pip would leave root-owned build/ and *.egg-info folders in the
       # user's checkout, which later break 'pip install -e .' there.
       BUILD_COPY="$(mktemp -d)"
-      trap 'rm -rf "$BUILD_COPY"' EXIT
+      CLEANUP+=("$BUILD_COPY")
       tar -C "$src" --exclude=.git --exclude=.venv --exclude=build --exclude=dist \
         --exclude='*.egg-info' --exclude=__pycache__ --exclude=runs --exclude=.cache \
         -cf - . | tar -C "$BUILD_COPY" -xf -
@@ -297,10 +302,29 @@ config_template() {
   echo "$t"
 }
 
+# The config a fresh install gets: the example, plus the local metrics endpoint that
+# 'edge-detect status' reads (unless the example configures metrics itself or --config was given).
+initial_config() {
+  local template
+  template="$(config_template)"
+  cat "$template"
+  if [ -z "$CONFIG_TEMPLATE" ] && ! grep -q '^\[sinks\.metrics\]' "$template"; then
+    cat <<'EOF'
+
+# Added by deploy/install.sh: health and metrics for `edge-detect status` and Prometheus, on this
+# machine only ("0.0.0.0:9750" opens them to the network). Remove the table to turn them off.
+[sinks.metrics]
+listen = "127.0.0.1:9750"
+EOF
+  fi
+}
+
 install_config() {
   local owner template
   owner="$(owner_spec)"
-  template="$(config_template)"
+  template="$(mktemp)"
+  CLEANUP+=("$template")
+  initial_config >"$template"
   mkdir -p "$R_CONF_DIR"
   chmod 0750 "$R_CONF_DIR"
   [ -z "$owner" ] || chown "$owner" "$R_CONF_DIR"
