@@ -272,3 +272,16 @@ def test_ratio_subset_is_exact_and_refuses_what_the_split_cannot_give() -> None:
     assert _ratio_subset(clips, ["a", "b", "c"], [2, 1, 6], seed=3) == subset  # seeded
     with pytest.raises(DatasetError, match="cannot give the ratio"):
         _ratio_subset(clips, ["a", "b", "c"], [1, 6, 1], seed=0)
+
+
+def test_cli_trains_from_a_preset_and_prints_a_summary(
+    tiny_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preset = tmp_path / "tiny.toml"
+    _write_toml(preset, _tiny_config(tiny_manifest, tmp_path, epochs=1))
+    out = tmp_path / "cli_run"
+    assert main(["train", "--config", str(preset), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["checkpoint"] == str(out / "checkpoint.pt")
+    assert set(summary["val_per_class_error"]) == set(LABELS)
+    assert load_checkpoint(out / "checkpoint.pt")["train_config"]["optim"]["epochs"] == 1
