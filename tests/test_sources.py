@@ -140,3 +140,24 @@ def test_missing_portaudio_breaks_only_the_microphone(tmp_path):
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("portaudio"), reason="libportaudio2 missing")
+def test_input_overflows_are_counted_and_reported_at_a_bounded_rate():
+    import sounddevice
+
+    health: list[tuple[str, str]] = []
+    source = MicrophoneSource(RATE, on_health=lambda *e: health.append(e), overflow_report_s=60)
+    overflow = sounddevice.CallbackFlags()
+    overflow.input_overflow = True
+    block = np.zeros((1600, 2), dtype=np.float32)
+    for status in (overflow, sounddevice.CallbackFlags(), overflow):
+        source._callback(block, len(block), None, status)  # what PortAudio's thread calls
+    assert source.overflows == 2
+    source._report_overflows()
+    source._callback(block, len(block), None, overflow)
+    source._report_overflows()  # within overflow_report_s: counted, not reported again
+    assert health == [("overflow", "2 input overflow(s) (audio dropped), 2 in total")]
+    assert source.overflows == 3
+    samples, _ = source._queue.get_nowait()
+    assert samples.shape == (1600,)  # stereo callback data downmixed
