@@ -156,6 +156,10 @@ def run_command(args: argparse.Namespace) -> int:
     sinks = build_sinks(config)
     pipeline = build_pipeline(config, model, sinks)
     source = build_source(config, model.feature_config.sample_rate_hz, pipeline.health)
+    if "metrics" in config.sinks:  # the metrics endpoint also times blocks and reads overflows
+        from edge_detect.metrics import instrument
+
+        source = instrument(sinks, source, model.labels)
     with stop_on_signals(pipeline, source):
         log.info(
             "start-up took %.0f ms; reading %s", 1e3 * (time.perf_counter() - started), source.name

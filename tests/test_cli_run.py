@@ -179,3 +179,38 @@ def test_runs_with_torch_unimportable(tmp_path, tone_config):
     )
     assert result.returncode == 0, result.stderr
     assert [a["class"] for a in lines(result.stdout)] == ["baby_cry"]
+
+
+def test_configured_metrics_endpoint_counts_blocks_and_alerts(tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "metrics.toml"
+    config.write_text(TONE_CONFIG + f'[sinks.metrics]\nlisten = "127.0.0.1:{port}"\n')
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, planted(6.0, [(1.0, 1.0)]), RATE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_detect", "run", "--input", str(wav), "--realtime",
+         "--model", str(TINY), "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        alert = json.loads(process.stdout.readline())  # after ~1.3 s of paced audio
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert alert["class"] == "baby_cry"
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values['edge_detect_alerts_total{class="baby_cry"}'] == 1
+    assert values["edge_detect_audio_blocks_total"] >= 10  # the alert came ~1.3 s in
