@@ -64,8 +64,40 @@ def _run(preset: Path, ratio: list[int], method: str, seed: int, args: argparse.
     }
     config = load_config(preset, overrides)
     out = args.out / name / method / f"seed{seed}"
-    result = train(config, progress=False, out_dir=out)
-    return result
+    if args.reuse and (out / "checkpoint.pt").is_file():
+        reused = _reuse(out / "checkpoint.pt", config)
+        if reused is not None:
+            return reused
+    return train(config, progress=False, out_dir=out)
+
+
+def _reuse(path: Path, config: Any) -> Any:
+    """The finished run at ``path`` scored again on the test set, if it used this config."""
+    from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from train.trainer import RunResult, clip_scores, evaluate_clips, load_dataset
+
+    saved = load_checkpoint(path)
+    if saved["train_config"] != config.to_dict():
+        log.info("%s was trained with another config: training again", path)
+        return None
+    model, _ = model_from_checkpoint(saved)
+    data = load_dataset(config)
+    test = data.parts["test"]
+    metrics = dict(saved["metrics"])
+    metrics["test"] = {"clip": evaluate_clips(model, test, config, data.labels)[0]}
+    probs, _, _ = clip_scores(model, test, config)
+    clips = [
+        {
+            "group": item.clip.group,
+            "source": item.clip.source,
+            "target": item.target,
+            "pred": int(p.argmax()),
+            "probs": [round(float(v), 5) for v in p],
+        }
+        for item, p in zip(test, probs, strict=True)
+    ]
+    log.info("reusing %s", path)
+    return RunResult(path.parent, path, metrics, clips)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=CHECKOUT / "runs" / "paper")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score finished runs of the same config in --out instead of training them again "
+        "(to add seeds or methods to an earlier comparison)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("train.trainer").setLevel(logging.WARNING)
