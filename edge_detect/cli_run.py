@@ -127,6 +127,7 @@ def build_pipeline(
         device_name=config.device_name,
         alert_on=config.alert_on,
         state_policy=config.state,
+        heartbeat_s=config.heartbeat_s,
         **kwargs,
     )
 

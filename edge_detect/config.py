@@ -122,6 +122,8 @@ class RuntimeConfig:
     """Write alerts as JSON lines on stdout."""
     health_stdout: bool = False
     """Also write health events on stdout (they always go to the log on stderr)."""
+    heartbeat_s: float = 0.0
+    """Send a 'heartbeat' health event to every output this often, in s of audio (0 = never)."""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Other outputs, ``{kind: table}``, built by :data:`SINK_BUILDERS`."""
 
@@ -201,6 +203,7 @@ def _check(c: RuntimeConfig) -> None:
     for key in ("stdout", "health_stdout"):
         if not isinstance(getattr(c, key), bool):
             raise _fail(f"sinks.{key}", "true or false", getattr(c, key))
+    _number("sinks.heartbeat_s", c.heartbeat_s, 0.0)
     for kind in c.sinks:
         if kind not in SINK_BUILDERS and kind not in BUILTIN_SINKS:
             sink_builder(kind)  # raises the message listing the known outputs
@@ -249,7 +252,7 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeC
     except ConfigError as exc:
         raise ConfigError(f"{where}: [state] {exc}") from None
     sinks = _table(data, "sinks", where)
-    for key in ("stdout", "health_stdout"):
+    for key in ("stdout", "health_stdout", "heartbeat_s"):
         if key in sinks:
             kwargs[key] = sinks.pop(key)
     for kind, table in sinks.items():

@@ -147,6 +147,9 @@ class Pipeline:
     keep_scores : bool
         Keep every frame's scores in :attr:`scores` (for evaluation and tests; memory grows with
         the stream, so never on a device).
+    heartbeat_s : float
+        Send a 'heartbeat' health event every this many seconds of audio (0 = never), so that a
+        receiver can tell a quiet detector from a dead one.
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class Pipeline:
         alert_on: str = "onset",
         state_policy: StatePolicy | None = None,
         keep_scores: bool = False,
+        heartbeat_s: float = 0.0,
     ) -> None:
         if alert_on not in ALERT_ON:
             raise ConfigError(f"alert_on must be one of {list(ALERT_ON)}, got {alert_on!r}")
@@ -196,6 +200,12 @@ class Pipeline:
         """Alerts of this run, in order (kept for eval; bounded by keep_alerts)."""
         self.keep_alerts = 10_000
         self.keep_scores = keep_scores
+        if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, (int, float)):
+            raise ConfigError(f"heartbeat_s must be a number of seconds, got {heartbeat_s!r}")
+        if heartbeat_s < 0:
+            raise ConfigError(f"heartbeat_s must be >= 0 (0 = off), got {heartbeat_s}")
+        self._heartbeat_samples = round(heartbeat_s * self.sample_rate_hz)
+        self._next_heartbeat = self._heartbeat_samples
         self.scores: list[npt.NDArray[np.float32]] = []
         """Scores of every block, shape (frames, classes) each, when keep_scores is set."""
 
@@ -322,6 +332,13 @@ class Pipeline:
         self.stats.blocks += 1
         self.stats.frames += len(frames)
         self.stats.audio_s = self._samples / self.sample_rate_hz
+        if self._heartbeat_samples and self._samples >= self._next_heartbeat:
+            self._next_heartbeat += self._heartbeat_samples
+            self.health(
+                "heartbeat",
+                f"{self.stats.audio_s:.0f} s of audio, {self.stats.alerts} alert(s), "
+                f"{self.stats.resyncs} state re-sync(s)",
+            )
         self.stats.block_seconds.append(time.perf_counter() - started)
         return alerts
 

@@ -79,6 +79,7 @@ def test_device_index_given_as_number_or_digits():
         ({"sinks": {"pager": {}}}, r"\[sinks.pager\] is not a known output"),
         ({"sinks": {"stdout": 1}}, r"'sinks.stdout': expected true or false"),
         ({"threads": 0}, r"'threads': expected a whole number from 1 to 64"),
+        ({"sinks": {"heartbeat_s": -1}}, r"'sinks.heartbeat_s': expected a number >= 0"),
         ({"model": 3}, r"'model': expected a non-empty string"),
     ],
 )

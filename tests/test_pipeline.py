@@ -155,3 +155,11 @@ def test_state_is_resynchronised_even_without_quiet(model):
     # every 30 s (3000 frames), checked at the end of the block (10 frames) that reaches it
     assert [f // 10 * 10 for f in stats.resync_frames] == [3000, 6000, 9000, 12000]
     assert len(pipeline.emitted) == len(plants)
+
+
+def test_heartbeat_every_n_seconds_of_audio(model):
+    out = io.StringIO()
+    pipeline = Pipeline(model, [JsonLinesSink(out, health=True)], heartbeat_s=2.0)
+    pipeline.run(PlantedSource(7.0, []))
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert events == ["started", "heartbeat", "heartbeat", "heartbeat", "stopping"]
