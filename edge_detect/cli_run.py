@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_detect.audio import PCM_FORMATS
+from edge_detect.clips import ClipRecorder
 from edge_detect.config import RuntimeConfig, load_config, sink_builder
 from edge_detect.errors import ConfigError
 from edge_detect.model import DEFAULT_MODEL_PATH, StreamingModel, load_model
@@ -117,9 +118,24 @@ def build_sinks(config: RuntimeConfig) -> list[Sink]:
 
 
 def build_pipeline(
-    config: RuntimeConfig, model: StreamingModel, sinks: list[Sink], **kwargs: Any
+    config: RuntimeConfig,
+    model: StreamingModel,
+    sinks: list[Sink],
+    *,
+    record_clips: bool = False,
+    **kwargs: Any,
 ) -> Pipeline:
-    """The pipeline for ``model`` with the config's detection overrides and state policy."""
+    """The pipeline for ``model`` with the config's detection overrides and state policy;
+    ``record_clips`` adds the config's clip recorder (``run`` does, ``eval``/``bench`` do not)."""
+    if record_clips and config.clips_dir is not None:
+        kwargs["clips"] = ClipRecorder(
+            config.clips_dir,
+            model.feature_config.sample_rate_hz,
+            pre_roll_s=config.clips_pre_roll_s,
+            post_roll_s=config.clips_post_roll_s,
+            max_clips=config.clips_max_count,
+            max_bytes=round(config.clips_max_mb * 1024 * 1024),
+        )
     return Pipeline(
         model,
         sinks,
@@ -155,7 +171,7 @@ def run_command(args: argparse.Namespace) -> int:
     model = load_model(config.model, threads=config.threads)
     log.info("model %s, classes %s", model.model_id, ", ".join(model.labels))
     sinks = build_sinks(config)
-    pipeline = build_pipeline(config, model, sinks)
+    pipeline = build_pipeline(config, model, sinks, record_clips=True)
     source = build_source(config, model.feature_config.sample_rate_hz, pipeline.health)
     if "metrics" in config.sinks:  # the metrics endpoint also times blocks and reads overflows
         from edge_detect.metrics import instrument

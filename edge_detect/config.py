@@ -8,7 +8,8 @@ arrived. ``deploy/edge-detect.toml`` is a commented example of every key. Layout
     [input]                    # source, device, block_ms, realtime, rate_hz, format, channels, ...
     [detection]                # alert_on; [detection.<class>] overrides the model's settings
     [state]                    # the recurrent-state policy (edge_detect.pipeline.StatePolicy)
-    [sinks]                    # stdout, health_stdout; [sinks.<kind>] for other outputs
+    [sinks]                    # stdout, health_stdout, heartbeat_s; [sinks.<kind>] outputs
+    [clips]                    # audio around alerts: directory, pre/post roll, retention
 
 Other outputs (webhooks, MQTT, ...) register a builder in :data:`SINK_BUILDERS`; a
 ``[sinks.<kind>]`` table is handed to it unchanged, and the builder validates it.
@@ -83,6 +84,7 @@ INPUT_KEYS = (
     "stall_timeout_s",
     "backoff_max_s",
 )
+CLIP_KEYS = ("directory", "pre_roll_s", "post_roll_s", "max_count", "max_mb")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,16 @@ class RuntimeConfig:
     """Send a 'heartbeat' health event to every output this often, in s of audio (0 = never)."""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Other outputs, ``{kind: table}``, built by :data:`SINK_BUILDERS`."""
+    clips_dir: str | None = None
+    """Folder for the audio clips around alerts (``[clips] directory``); None = no clips."""
+    clips_pre_roll_s: float = 5.0
+    """Audio kept before the alert, in s."""
+    clips_post_roll_s: float = 5.0
+    """Audio collected after the alert, in s."""
+    clips_max_count: int = 200
+    """Most clips kept in the folder (oldest deleted first); 0 = no limit."""
+    clips_max_mb: float = 200.0
+    """Most megabytes of clips kept (oldest deleted first); 0 = no limit."""
 
     def __post_init__(self) -> None:
         _check(self)
@@ -204,6 +216,17 @@ def _check(c: RuntimeConfig) -> None:
         if not isinstance(getattr(c, key), bool):
             raise _fail(f"sinks.{key}", "true or false", getattr(c, key))
     _number("sinks.heartbeat_s", c.heartbeat_s, 0.0)
+    if c.clips_dir is not None and (not isinstance(c.clips_dir, str) or not c.clips_dir.strip()):
+        raise _fail("clips.directory", "a folder path (or leave it out for no clips)", c.clips_dir)
+    _number("clips.pre_roll_s", c.clips_pre_roll_s, 0.0, 600.0)
+    _number("clips.post_roll_s", c.clips_post_roll_s, 0.0, 600.0)
+    if (
+        isinstance(c.clips_max_count, bool)
+        or not isinstance(c.clips_max_count, int)
+        or c.clips_max_count < 0
+    ):
+        raise _fail("clips.max_count", "a whole number >= 0 (0 = no limit)", c.clips_max_count)
+    _number("clips.max_mb", c.clips_max_mb, 0.0)
     for kind in c.sinks:
         if kind not in SINK_BUILDERS and kind not in BUILTIN_SINKS:
             sink_builder(kind)  # raises the message listing the known outputs
@@ -225,7 +248,9 @@ def _refuse_unknown(table: Mapping[str, Any], known: tuple[str, ...], where: str
 def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeConfig:
     """Build a :class:`RuntimeConfig` from parsed TOML, refusing unknown keys."""
     _refuse_unknown(
-        data, ("model", "device_name", "threads", "input", "detection", "state", "sinks"), where
+        data,
+        ("model", "device_name", "threads", "input", "detection", "state", "sinks", "clips"),
+        where,
     )
     kwargs: dict[str, Any] = {k: data[k] for k in ("model", "device_name", "threads") if k in data}
     for key in ("model", "device_name"):
@@ -259,6 +284,12 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeC
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [sinks.{kind}] must be a table, got {table!r}")
     kwargs["sinks"] = sinks
+    clips = _table(data, "clips", where)
+    _refuse_unknown(clips, CLIP_KEYS, f"{where} [clips]")
+    for key, value in clips.items():
+        kwargs[f"clips_{key}" if key != "directory" else "clips_dir"] = value
+    if kwargs.get("clips_dir") == "":
+        kwargs["clips_dir"] = None
     try:
         return RuntimeConfig(**kwargs)
     except ConfigError as exc:

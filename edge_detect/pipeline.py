@@ -55,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_detect.alerts import Alert, HealthEvent
+from edge_detect.clips import ClipRecorder
 from edge_detect.detect import ClassDetection, Detector, Event
 from edge_detect.errors import ConfigError
 from edge_detect.features import StreamingLogMel
@@ -150,6 +151,9 @@ class Pipeline:
     heartbeat_s : float
         Send a 'heartbeat' health event every this many seconds of audio (0 = never), so that a
         receiver can tell a quiet detector from a dead one.
+    clips : ClipRecorder, optional
+        Records the audio around every alert; the alert's ``clip`` names the file. The pipeline
+        closes it when the stream ends.
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class Pipeline:
         state_policy: StatePolicy | None = None,
         keep_scores: bool = False,
         heartbeat_s: float = 0.0,
+        clips: ClipRecorder | None = None,
     ) -> None:
         if alert_on not in ALERT_ON:
             raise ConfigError(f"alert_on must be one of {list(ALERT_ON)}, got {alert_on!r}")
@@ -200,6 +205,7 @@ class Pipeline:
         """Alerts of this run, in order (kept for eval; bounded by keep_alerts)."""
         self.keep_alerts = 10_000
         self.keep_scores = keep_scores
+        self.clips = clips
         if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, (int, float)):
             raise ConfigError(f"heartbeat_s must be a number of seconds, got {heartbeat_s!r}")
         if heartbeat_s < 0:
@@ -246,8 +252,12 @@ class Pipeline:
         start_wall = self._sample_wall(start_sample)
         end_wall = self._sample_wall(end_sample)
         self._alert_seq += 1
+        alert_id = uuid.uuid4().hex
+        clip = None
+        if self.clips is not None and event.kind == self.alert_on:
+            clip = str(self.clips.start_clip(alert_id, event.label))
         alert = Alert(
-            id=uuid.uuid4().hex,
+            id=alert_id,
             seq=self._alert_seq,
             label=event.label,
             score=round(event.peak_score, 4),
@@ -256,6 +266,7 @@ class Pipeline:
             duration_s=round((end_sample - start_sample) / self.sample_rate_hz, 3),
             device=self.device_name,
             model_id=self.model.model_id,
+            clip=clip,
             extra={"offset_s": round(self._frame_start_s(event.start_frame), 3)},
         )
         self._emit(alert)
@@ -317,6 +328,8 @@ class Pipeline:
             self.stats.stream_start_wall = self._stream_start_wall
         self._samples += len(block.samples)
         self._anchor_wall = block.end_time
+        if self.clips is not None:
+            self.clips.push(block.samples)  # before detection: the clip's pre-roll has this block
         frames = self.features.process(block.samples)
         alerts: list[Alert] = []
         if len(frames):
@@ -376,6 +389,8 @@ class Pipeline:
                 "stopping",
                 f"{reason}; {self.stats.audio_s:.1f} s of audio, {self.stats.alerts} alert(s)",
             )
+            if self.clips is not None:
+                self.clips.close()
             for sink in self.sinks:
                 try:
                     sink.close()

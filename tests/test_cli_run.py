@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
 
-from edge_detect.audio import write_wav
+from edge_detect.audio import read_wav, write_wav
 
 RATE = 16_000
 TINY = FIXTURES / "tiny_model.onnx"
@@ -214,3 +215,26 @@ def test_configured_metrics_endpoint_counts_blocks_and_alerts(tmp_path):
     }
     assert values['edge_detect_alerts_total{class="baby_cry"}'] == 1
     assert values["edge_detect_audio_blocks_total"] >= 10  # the alert came ~1.3 s in
+
+
+def test_clip_around_each_alert_is_saved_and_named_in_the_alert(tmp_path):
+    clips = tmp_path / "clips"
+    config = tmp_path / "clips.toml"
+    config.write_text(
+        TONE_CONFIG + f'[clips]\ndirectory = "{clips}"\npre_roll_s = 1.0\npost_roll_s = 2.0\n'
+    )
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, planted(8.0, [(3.0, 1.0)]), RATE)
+    result = edge_detect("run", "--input", wav, "--model", TINY, "--config", config)
+    assert result.returncode == 0, result.stderr
+    (alert,) = lines(result.stdout)
+    clip = read_wav(alert["clip"])
+    assert Path(alert["clip"]).parent == clips and alert["id"][:12] in alert["clip"]
+    assert clip.duration_s == pytest.approx(3.0, abs=0.01)  # 1 s before the alert, 2 s after
+    # the alert came ~0.3 s into the tone: the clip holds the tone from ~0.7 s to ~1.7 s
+    loud = np.flatnonzero(np.abs(clip.samples) > 0.3) / RATE
+    assert 0.4 < loud[0] < 1.0 and 1.4 < loud[-1] < 2.0
+    # a bad [clips] value is a config error
+    config.write_text('[clips]\ndirectory = "x"\nmax_count = -1\n')
+    result = edge_detect("run", "--input", wav, "--model", TINY, "--config", config)
+    assert result.returncode == 2 and "clips.max_count" in result.stderr
