@@ -14,7 +14,7 @@ Usage (the full protocol; a reduced one is --seeds 2 --epochs 8)::
         --ratios 6:1:2:16 2:2:1:26 --methods weighted_ce cluster ce logit_adjusted focal \\
         --seeds 5 --epochs 20 --out runs/paper
 
-Prints a Markdown table on stdout; writes every run and results.json under --out. Only the
+Prints a Markdown table on stdout; writes every run and results_<ratios>.json under --out. Only the
 LSTM is covered (the streaming trainer trains LSTMs only).
 """
 
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         results["ratios"][ratio_text] = _summarise(runs, ratio, labels, args.baseline)
     results["wall_time_s"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    name = "results_" + "_".join(r.replace(":", "-") for r in args.ratios) + ".json"
+    (args.out / name).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     _print_table(results, labels, args)
     return 0
 
