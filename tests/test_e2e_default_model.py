@@ -55,8 +55,10 @@ def test_real_event_recording_gives_exactly_one_alert_of_its_class(event, tmp_pa
     write_wav(wav, audio.samples[start:stop], rate)
     alerts = run_cli(wav)
     assert [a["class"] for a in alerts] == [event["label"]], alerts
+    # the alert's event starts inside the real event (a cry may need seconds to convince)
     onset_in_cut = float(event["onset_s"]) - start / rate
-    assert alerts[0]["offset_s"] == pytest.approx(onset_in_cut, abs=1.0)
+    offset_in_cut = float(event["offset_s"]) - start / rate
+    assert onset_in_cut - 0.5 <= alerts[0]["offset_s"] <= offset_in_cut
 
 
 def test_real_background_recording_gives_no_alert():
