@@ -46,7 +46,7 @@ DEMO_EVENTS = ASSETS / "demo_events.csv"
 FLOOR_FLOP_PER_AUDIO_S = 20e6
 """BENCHMARKS.md: ~0.13 MFLOP (2x64 LSTM) + ~0.06 MFLOP (log-mel) per 10 ms frame."""
 EVENT_MATCH_S = 3.0
-"""An alert belongs to the latest same-class onset at most this long before it."""
+"""Without an ``offset_s`` column, an event is taken to last this long for matching alerts."""
 
 
 def process_start_wall() -> float | None:
@@ -79,11 +79,19 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def read_events(path: Path) -> list[tuple[float, str]]:
-    """(onset_s, label) rows of an events CSV (columns onset_s, label, ...)."""
+def read_events(path: Path) -> list[tuple[float, float, str]]:
+    """(onset_s, offset_s, label) rows of an events CSV (columns onset_s, label, optional
+    offset_s)."""
     try:
         with path.open(newline="") as handle:
-            return [(float(r["onset_s"]), r["label"]) for r in csv.DictReader(handle)]
+            return [
+                (
+                    float(r["onset_s"]),
+                    float(r.get("offset_s") or float(r["onset_s"]) + EVENT_MATCH_S),
+                    r["label"],
+                )
+                for r in csv.DictReader(handle)
+            ]
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(
             f"cannot read events file {path} (columns onset_s,label expected): {exc}"
@@ -92,18 +100,20 @@ def read_events(path: Path) -> list[tuple[float, str]]:
 
 def onset_latencies(
     alert_offsets: list[tuple[float, str, float]],
-    events: list[tuple[float, str]],
+    events: list[tuple[float, float, str]],
     loop_s: float,
     start_wall: float,
 ) -> list[float]:
-    """Alert time minus true onset time, for alerts that match an event of their class."""
+    """Alert time minus true onset time, for alerts whose event starts inside an event of their
+    class (from 0.5 s before its onset to its end)."""
     out = []
     for offset_s, label, alert_wall in alert_offsets:
         loop = int(offset_s // loop_s)
+        base = loop * loop_s
         candidates = [
-            loop * loop_s + onset
-            for onset, name in events
-            if name == label and 0 <= offset_s - (loop * loop_s + onset) + 0.5 <= EVENT_MATCH_S
+            base + onset
+            for onset, end, name in events
+            if name == label and base + onset - 0.5 <= offset_s <= base + end
         ]
         if candidates:
             out.append(alert_wall - (start_wall + max(candidates)))
