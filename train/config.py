@@ -126,6 +126,9 @@ class OptimConfig:
     """Background clips drawn per epoch as their own sequences (0 = all of them)."""
     embedding_frames: int = 16
     """'cluster': labelled frames per sequence whose embeddings enter the centroid loss."""
+    pool_embeddings: bool = False
+    """'cluster': average each sequence's sampled frames into one embedding (one per clip, as
+    the clip-level method) instead of scoring every frame."""
     refresh_epochs: int = 2
     """'cluster': re-run k-means on recent embeddings every this many epochs."""
     temperature: float = 0.1

@@ -778,7 +778,9 @@ def train(
                 loss = 0.0 * logits.sum()
             if cluster_loss is not None:
                 owners = [train_items[i].target for i in chunk]
-                z, t = _sample_frames(emb, y, owners, opt.embedding_frames, rng)
+                z, t = _sample_frames(
+                    emb, y, owners, opt.embedding_frames, rng, opt.pool_embeddings
+                )
                 weight = 1.0 if stage == 1 else opt.aux_weight
                 loss = loss + weight * cluster_loss(z, t, step=step, batch=b_index)
                 for c in t.unique().tolist():
@@ -1021,6 +1023,7 @@ def _sample_frames(
     owners: Sequence[int],
     per_sequence: int,
     rng: np.random.Generator,
+    pool: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``per_sequence`` frames per sequence whose target is the sequence's own class
     (the event class, or background for a background sequence): embeddings (N, E), targets (N,)."""
@@ -1033,6 +1036,10 @@ def _sample_frames(
         rows += [b] * len(pick)
         cols += pick.tolist()
     r, c = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    if pool:  # one embedding per sequence: the mean of its sampled frames
+        sequences = r.unique()
+        pooled = torch.stack([emb[r[r == b], c[r == b]].mean(0) for b in sequences.tolist()])
+        return pooled, targets[sequences, c[torch.searchsorted(r, sequences)]]
     return emb[r, c], targets[r, c]
 
 
@@ -1066,7 +1073,7 @@ def _warm_embeddings(
         x, y = _collate([builder.build(i, rng) for i in chunk])
         emb, _, _ = model.embed(x)
         owners = [builder.clips[i].target for i in chunk]
-        z, t = _sample_frames(emb, y, owners, opt.embedding_frames, rng)
+        z, t = _sample_frames(emb, y, owners, opt.embedding_frames, rng, opt.pool_embeddings)
         zs.append(z)
         ts.append(t)
     return torch.cat(zs), torch.cat(ts)
