@@ -40,6 +40,9 @@ from edge_detect.audio import (
 )
 from edge_detect.errors import AudioDeviceError, ConfigError
 
+CLOSE_TIMEOUT_S = 2.0
+"""Longest wait for a lost microphone's stream to close before it is abandoned."""
+
 __all__ = [
     "Block",
     "HealthCallback",
@@ -386,11 +389,27 @@ class MicrophoneSource:
         sd = self._sd
         if reinitialise:
             # PortAudio lists devices once, at initialisation: restart it to see a replugged mic.
-            try:
-                sd._terminate()
-            except sd.PortAudioError as exc:
-                log.debug("PortAudio terminate: %s", exc)
-            sd._initialize()
+            # In a daemon thread with a deadline, like closing: a dead audio server can make it
+            # block, and the detector must stay responsive and keep retrying.
+            errors: list[Exception] = []
+
+            def restart() -> None:
+                try:
+                    sd._terminate()
+                except sd.PortAudioError as exc:
+                    log.debug("PortAudio terminate: %s", exc)
+                try:
+                    sd._initialize()
+                except Exception as exc:  # noqa: BLE001 - reported by the caller's retry
+                    errors.append(exc)
+
+            worker = threading.Thread(target=restart, name="edge-detect-pa-restart", daemon=True)
+            worker.start()
+            worker.join(CLOSE_TIMEOUT_S * 2)
+            if worker.is_alive():
+                raise AudioDeviceError("PortAudio did not re-initialise in time")
+            if errors:
+                raise errors[0]
         index, info = _resolve_device(sd, self.device)
         native_rate = int(info["default_samplerate"])
         channels = 1
@@ -424,13 +443,31 @@ class MicrophoneSource:
         return stream, StreamingResampler(native_rate, self.sample_rate_hz)
 
     def _close(self, stream: Any) -> None:
+        """Abort and close ``stream`` without ever blocking the detector for long.
+
+        PortAudio's ALSA-over-PulseAudio path can block for good in abort/close when the audio
+        server died under it; closing from a daemon thread with a deadline keeps the detector
+        responsive (health events, SIGINT) and the reopen loop going. A stream whose close hangs
+        is abandoned (logged), not waited for.
+        """
         if stream is None:
             return
-        try:
-            stream.abort(ignore_errors=True)
-            stream.close(ignore_errors=True)
-        except Exception as exc:  # noqa: BLE001 - a dead device may raise anything here
-            log.debug("closing the stream failed: %s", exc)
+
+        def close() -> None:
+            try:
+                stream.abort(ignore_errors=True)
+                stream.close(ignore_errors=True)
+            except Exception as exc:  # noqa: BLE001 - a dead device may raise anything here
+                log.debug("closing the stream failed: %s", exc)
+
+        closer = threading.Thread(target=close, name="edge-detect-mic-close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_TIMEOUT_S)
+        if closer.is_alive():
+            log.warning(
+                "closing the microphone stream did not finish within %.0f s; abandoned",
+                CLOSE_TIMEOUT_S,
+            )
 
     def _report_overflows(self) -> None:
         now = time.monotonic()
@@ -491,13 +528,14 @@ class MicrophoneSource:
                 if self._failed.is_set() or stalled:
                     reason = self._failure or f"no audio for {self.stall_timeout_s:g} s"
                     self._failure = ""
-                    self._close(stream)
-                    stream = None
-                    self._drain()
+                    # report first: closing a stream on a dead device may be slow
                     if not lost:
                         lost = True
                         log.warning("microphone lost: %s; reopening", reason)
                         self._on_health("microphone_lost", reason)
+                    self._close(stream)
+                    stream = None
+                    self._drain()
         finally:
             self._close(stream)
 
