@@ -17,6 +17,8 @@ import argparse
 import csv
 import json
 import logging
+import math
+import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,11 +27,20 @@ from typing import Any
 from edge_detect.audio import Audio, read_wav
 from edge_detect.cli_run import add_model_argument, build_pipeline
 from edge_detect.config import RuntimeConfig, load_config
-from edge_detect.errors import AudioError, DatasetError, MissingExtraError
+from edge_detect.errors import AudioError, ConfigError, DatasetError, MissingExtraError
+from edge_detect.evaluation import Event, EventBasedMetrics
 from edge_detect.model import StreamingModel, load_model
 from edge_detect.sources import WavFileSource
+from edge_detect.streams import TestStream, event_free_stream, event_stream, load_clip
 
-__all__ = ["ClipResult", "evaluate_clips", "read_manifest", "register"]
+__all__ = [
+    "ClipResult",
+    "build_streams",
+    "evaluate_clips",
+    "evaluate_streams",
+    "read_manifest",
+    "register",
+]
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +219,240 @@ def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
     clips.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
     clips.add_argument("--config", metavar="TOML", help="runtime config (detection overrides)")
     clips.set_defaults(func=eval_clips_command)
+    register_stream(kinds, formatter)
+
+
+# -- eval stream -----------------------------------------------------------------------------
+STREAM_DOC = """Event F1, error rate, false alarms per hour and alert latency on long streams.
+
+From a labeled manifest (``path,label``): clips of the model's event classes are mixed into a bed
+of the background clips (labels the model does not know are background) at each
+``--snr-db`` event-to-background ratio (RMS over the event's active 50 ms frames, within 30 dB
+of its loudest, against the bed at the same place), one stream per ratio, plus
+``--background-minutes`` of event-free bed. Every stream runs through the pipeline of
+``edge-detect run`` as fast as possible. Per class: event F1 and error rate with a 0.5 s onset
+collar (sed_eval's event-based metric), false alarms per hour on the event-free stream, and the
+median time from the true onset to the alert (the audio time at which the alert was decided).
+``--seed`` fixes the streams: the same command builds the same audio.
+"""
+
+ONSET_COLLAR_S = 0.5
+
+
+def alert_events(alerts: list[Any]) -> list[tuple[Event, float]]:
+    """(event on the stream's time axis, stream time at which it was alerted) per alert."""
+    out = []
+    for alert in alerts:
+        onset = float(alert.extra["offset_s"])
+        out.append((Event(alert.label, onset, onset + alert.duration_s), onset + alert.duration_s))
+    return out
+
+
+def run_stream(model: StreamingModel, stream: TestStream, config: RuntimeConfig) -> list[Any]:
+    """The stream through ``edge-detect run``'s pipeline, as fast as possible; its alerts."""
+    source = WavFileSource(
+        f"stream@{stream.ratio_db}dB",
+        model.feature_config.sample_rate_hz,
+        block_ms=config.block_ms,
+        realtime=False,
+        audio=Audio(stream.samples, stream.sample_rate_hz),
+    )
+    pipeline = build_pipeline(config, model, [])
+    pipeline.keep_alerts = 1_000_000
+    pipeline.run(source)
+    return pipeline.emitted
+
+
+def _latencies(refs: list[Event], alerted: list[tuple[Event, float]], label: str) -> list[float]:
+    """Per reference event of ``label``: first alert of its class that starts from a collar
+    before its onset to its offset -> alert time minus true onset."""
+    out = []
+    for ref in refs:
+        if ref.label != label:
+            continue
+        times = [
+            at
+            for est, at in alerted
+            if est.label == label and ref.onset_s - ONSET_COLLAR_S <= est.onset_s <= ref.offset_s
+        ]
+        if times:
+            out.append(min(times) - ref.onset_s)
+    return out
+
+
+def _num(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)
+
+
+def evaluate_streams(
+    model: StreamingModel,
+    event_streams: list[TestStream],
+    free: TestStream | None,
+    config: RuntimeConfig,
+) -> dict[str, Any]:
+    """Per ratio and class: F1, ER, latency; per class: false alarms per hour on ``free``."""
+    classes = [label for label in model.labels if label != BACKGROUND]
+    pipeline_log = logging.getLogger("edge_detect.pipeline")
+    previous_level = pipeline_log.level
+    if pipeline_log.getEffectiveLevel() > logging.DEBUG:
+        pipeline_log.setLevel(logging.WARNING)
+    per_ratio = []
+    try:
+        for stream in event_streams:
+            alerted = alert_events(run_stream(model, stream, config))
+            metrics = EventBasedMetrics(classes, t_collar_s=ONSET_COLLAR_S)
+            metrics.evaluate(stream.events, [e for e, _ in alerted if e.label in classes])
+            rows = {}
+            for label in classes:
+                counts = metrics.class_wise[label]
+                lat = _latencies(stream.events, alerted, label)
+                rows[label] = {
+                    "events": counts.n_ref,
+                    "alerts": counts.n_sys,
+                    "hits": counts.tp,
+                    "f1": _num(counts.f1),
+                    "error_rate": _num(counts.error_rate),
+                    "onset_to_alert_median_s": round(statistics.median(lat), 3) if lat else None,
+                }
+            per_ratio.append(
+                {
+                    "ratio_db": stream.ratio_db,
+                    "duration_s": round(stream.duration_s, 2),
+                    "overall_f1": _num(metrics.overall.f1),
+                    "overall_error_rate": _num(metrics.overall.error_rate),
+                    "per_class": rows,
+                }
+            )
+        false_alarms: dict[str, Any] = {}
+        if free is not None:
+            alerts = run_stream(model, free, config)
+            hours = free.duration_s / 3600
+            for label in classes:
+                count = sum(a.label == label for a in alerts)
+                false_alarms[label] = {"alerts": count, "per_hour": round(count / hours, 3)}
+    finally:
+        pipeline_log.setLevel(previous_level)
+    return {
+        "model_id": model.model_id,
+        "onset_collar_s": ONSET_COLLAR_S,
+        "event_free_hours": round(free.duration_s / 3600, 4) if free else 0.0,
+        "streams": per_ratio,
+        "false_alarms": false_alarms,
+    }
+
+
+def format_stream_table(summary: dict[str, Any]) -> str:
+    def show(value: Any, spec: str = ".3f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"model {summary['model_id']}: onset collar {summary['onset_collar_s']} s, "
+        f"event-free {summary['event_free_hours']:.3f} h",
+        f"{'ratio dB':>8} {'class':12} {'events':>6} {'alerts':>6} {'hits':>5} {'F1':>6} "
+        f"{'ER':>6} {'latency s':>9} {'FA/h':>7}",
+    ]
+    for stream in summary["streams"]:
+        for label, row in stream["per_class"].items():
+            fa = summary["false_alarms"].get(label, {}).get("per_hour")
+            lines.append(
+                f"{stream['ratio_db']:>8.1f} {label:12} {row['events']:>6} {row['alerts']:>6} "
+                f"{row['hits']:>5} {show(row['f1']):>6} {show(row['error_rate']):>6} "
+                f"{show(row['onset_to_alert_median_s'], '.2f'):>9} {show(fa, '.2f'):>7}"
+            )
+    return "\n".join(lines)
+
+
+def build_streams(
+    model: StreamingModel,
+    rows: list[tuple[Path, str]],
+    *,
+    ratios_db: list[float],
+    background_minutes: float,
+    seed: int,
+) -> tuple[list[TestStream], TestStream | None, list[str]]:
+    """Decode the manifest's clips and build one event stream per ratio and the event-free one;
+    also returns the labels mapped to background."""
+    rate = model.feature_config.sample_rate_hz
+    known = {label for label in model.labels if label != BACKGROUND}
+    mapped = sorted({label for _, label in rows if label not in known and label != BACKGROUND})
+    clips = [load_clip(path, label, rate) for path, label in rows]
+    events = [c for c in clips if c.label in known]
+    backgrounds = [c for c in clips if c.label not in known]
+    streams = [
+        event_stream(events, backgrounds, sample_rate_hz=rate, ratio_db=ratio, seed=seed + i)
+        for i, ratio in enumerate(ratios_db)
+    ]
+    free = None
+    if background_minutes > 0:
+        free = event_free_stream(
+            backgrounds, sample_rate_hz=rate, duration_s=60 * background_minutes, seed=seed + 1000
+        )
+    return streams, free, mapped
+
+
+def eval_stream_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if getattr(args, "model", None):
+        config = config.replace(model=args.model)
+    if args.background_minutes < 0:
+        raise ConfigError(f"--background-minutes must be >= 0, got {args.background_minutes}")
+    model = load_model(config.model, threads=config.threads)
+    rows = read_manifest(args.manifest)
+    streams, free, mapped = build_streams(
+        model,
+        rows,
+        ratios_db=args.snr_db,
+        background_minutes=args.background_minutes,
+        seed=args.seed,
+    )
+    log.info("evaluating %s on %d stream(s)", model.model_id, len(streams) + (free is not None))
+    summary = evaluate_streams(model, streams, free, config)
+    summary["seed"] = args.seed
+    summary["mapped_to_background"] = mapped
+    print(format_stream_table(summary))
+    if args.json:
+        payload = {
+            **summary,
+            "reference": [
+                {
+                    "ratio_db": s.ratio_db,
+                    "events": [asdict(e) for e in s.events],
+                    "clips": s.sources,
+                }
+                for s in streams
+            ],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        log.info("wrote %s", args.json)
+    return 0
+
+
+def register_stream(kinds: argparse._SubParsersAction, formatter: Any) -> None:
+    stream = kinds.add_parser(
+        "stream",
+        help="event F1, false alarms per hour and latency on long mixed streams",
+        description=STREAM_DOC,
+        formatter_class=formatter,
+    )
+    add_model_argument(stream)
+    stream.add_argument(
+        "--manifest", required=True, help="CSV with columns path,label (paths relative to it)"
+    )
+    stream.add_argument(
+        "--snr-db",
+        type=float,
+        nargs="+",
+        default=[-6.0, 0.0, 6.0],
+        metavar="DB",
+        help="event-to-background ratios, one stream each",
+    )
+    stream.add_argument(
+        "--background-minutes",
+        type=float,
+        default=60.0,
+        help="length of the event-free stream for false alarms per hour (0 = none)",
+    )
+    stream.add_argument("--seed", type=int, default=0, help="seed of the streams' layout")
+    stream.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
+    stream.add_argument("--config", metavar="TOML", help="runtime config (detection overrides)")
+    stream.set_defaults(func=eval_stream_command)

@@ -1,0 +1,203 @@
+"""Long test streams built from labeled clips, with known event onsets (BENCHMARKS.md section 2).
+
+A stream is a background *bed* (background recordings concatenated, in a seeded order, repeated
+when there is too little of it) with event clips mixed in one after another, separated by seeded
+gaps. Each event is scaled to a chosen event-to-background ratio:
+
+- the event's level is the RMS over its *active* frames: 50 ms frames within 30 dB of the clip's
+  loudest 50 ms frame (the corpus's ``active_frac`` definition);
+- the background's level is its RMS over the same place of the bed (the event's active span);
+- the reference event runs from the first to the last active frame (onset and offset in s from
+  the stream's start), so a clip's leading silence does not count as event.
+
+:func:`event_free_stream` builds a bed with nothing mixed in, for false alarms per hour.
+The same clips, ratio and seed give the same audio, sample for sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_detect.audio import Audio, read_wav, resample, to_mono
+from edge_detect.errors import AudioError, DatasetError, MissingExtraError
+from edge_detect.evaluation import Event
+
+__all__ = [
+    "ACTIVE_FRAME_MS",
+    "ACTIVE_RANGE_DB",
+    "LabeledClip",
+    "TestStream",
+    "active_span",
+    "event_free_stream",
+    "event_stream",
+    "load_clip",
+    "rms_db",
+]
+
+ACTIVE_FRAME_MS = 50.0
+"""Frame length for the active-frame measure, in ms."""
+ACTIVE_RANGE_DB = 30.0
+"""A frame is active when within this many dB of the clip's loudest frame."""
+GAP_S = (2.0, 6.0)
+"""Event-free background between two events (from the previous event's clip end), in s."""
+LEAD_S = 3.0
+"""Background before the first event, in s (lets the model's state settle)."""
+SILENCE_DB = -120.0
+"""Level floor, so that digital silence has a finite level."""
+
+
+@dataclass(frozen=True)
+class LabeledClip:
+    """One decoded clip at the stream's rate."""
+
+    samples: npt.NDArray[np.float32]
+    label: str
+    name: str
+
+
+@dataclass(frozen=True)
+class TestStream:
+    """A built stream: its audio, its reference events and how each was mixed."""
+
+    samples: npt.NDArray[np.float32]
+    sample_rate_hz: int
+    events: list[Event]
+    """Reference events (the active span of each mixed clip), in onset order."""
+    ratio_db: float | None
+    """Requested event-to-background ratio (None for an event-free stream)."""
+    sources: list[str]
+    """The clip behind each reference event (same order as ``events``)."""
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate_hz
+
+
+def rms_db(samples: npt.ArrayLike) -> float:
+    """RMS level in dB full scale (floored at ``SILENCE_DB``)."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        return SILENCE_DB
+    power = float(np.mean(x * x))
+    return max(SILENCE_DB, 10.0 * np.log10(power)) if power > 0 else SILENCE_DB
+
+
+def _frame_levels_db(samples: npt.NDArray[np.float32], frame: int) -> npt.NDArray[np.float64]:
+    n = max(1, len(samples) // frame)
+    x = np.asarray(samples[: n * frame], dtype=np.float64)
+    if len(x) < frame:  # a clip shorter than one frame is one frame
+        x = np.asarray(samples, dtype=np.float64)
+        return np.array([rms_db(x)])
+    power = np.mean(x.reshape(n, frame) ** 2, axis=1)
+    with np.errstate(divide="ignore"):
+        return np.maximum(SILENCE_DB, 10.0 * np.log10(power))
+
+
+def active_span(samples: npt.NDArray[np.float32], sample_rate_hz: int) -> tuple[int, int, float]:
+    """(first active sample, end of the last active frame, RMS dB over the active frames)."""
+    frame = max(1, round(ACTIVE_FRAME_MS * sample_rate_hz / 1000))
+    levels = _frame_levels_db(samples, frame)
+    active = np.flatnonzero(levels >= levels.max() - ACTIVE_RANGE_DB)
+    start = int(active[0]) * frame
+    end = min(len(samples), (int(active[-1]) + 1) * frame)
+    if len(samples) < frame:
+        end = len(samples)
+    power = np.mean([10 ** (levels[i] / 10) for i in active])
+    return start, end, max(SILENCE_DB, 10.0 * float(np.log10(power)))
+
+
+def load_clip(path: Path, label: str, sample_rate_hz: int) -> LabeledClip:
+    """Decode a clip (soundfile when installed, else WAV only) as mono at ``sample_rate_hz``."""
+    try:
+        import soundfile
+    except (ImportError, OSError):
+        soundfile = None
+    if soundfile is None:
+        if path.suffix.lower() != ".wav":
+            raise MissingExtraError("soundfile", "train", f"reading {path.suffix} audio")
+        audio = read_wav(path)
+    else:
+        try:
+            data, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+        except (RuntimeError, soundfile.LibsndfileError) as exc:
+            raise AudioError(f"cannot read audio file {path}: {exc}") from None
+        audio = Audio(np.asarray(data, dtype=np.float32), int(rate))
+    if len(audio.samples) == 0:
+        raise AudioError(f"{path}: holds no audio (0 samples)")
+    mono = resample(to_mono(audio.samples), audio.sample_rate_hz, sample_rate_hz)
+    return LabeledClip(mono, label, str(path))
+
+
+def _bed(
+    backgrounds: Sequence[LabeledClip], length: int, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """``length`` samples of background clips in a seeded order (repeated as needed)."""
+    if not backgrounds:
+        raise DatasetError("a test stream needs background clips; the manifest has none")
+    if sum(len(c.samples) for c in backgrounds) == 0:
+        raise DatasetError("the background clips hold no audio")
+    parts: list[npt.NDArray[np.float32]] = []
+    filled = 0
+    while filled < length:
+        for i in rng.permutation(len(backgrounds)):
+            parts.append(backgrounds[i].samples)
+            filled += len(backgrounds[i].samples)
+            if filled >= length:
+                break
+    return np.concatenate(parts)[:length].astype(np.float32)
+
+
+def event_stream(
+    events: Sequence[LabeledClip],
+    backgrounds: Sequence[LabeledClip],
+    *,
+    sample_rate_hz: int,
+    ratio_db: float,
+    seed: int,
+    gap_s: tuple[float, float] = GAP_S,
+    lead_s: float = LEAD_S,
+) -> TestStream:
+    """Every clip of ``events`` once, in a seeded order, mixed into a background bed at
+    ``ratio_db`` (event active RMS over background RMS at the same place)."""
+    if not events:
+        raise DatasetError("a test stream needs event clips; the manifest has none the model knows")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(events))
+    gaps = rng.uniform(gap_s[0], gap_s[1], size=len(events))
+    placements = []
+    cursor = round(lead_s * sample_rate_hz)
+    for k, i in enumerate(order):
+        placements.append((cursor, events[i]))
+        cursor += len(events[i].samples) + round(gaps[k] * sample_rate_hz)
+    out = _bed(backgrounds, cursor, rng)
+    refs, names = [], []
+    for position, clip in placements:
+        start, end, event_db = active_span(clip.samples, sample_rate_hz)
+        background_db = rms_db(out[position + start : position + end])
+        gain = 10 ** ((ratio_db - (event_db - background_db)) / 20)
+        out[position : position + len(clip.samples)] += gain * clip.samples
+        refs.append(
+            Event(
+                clip.label,
+                round((position + start) / sample_rate_hz, 4),
+                round((position + end) / sample_rate_hz, 4),
+            )
+        )
+        names.append(clip.name)
+    return TestStream(out, sample_rate_hz, refs, float(ratio_db), names)
+
+
+def event_free_stream(
+    backgrounds: Sequence[LabeledClip], *, sample_rate_hz: int, duration_s: float, seed: int
+) -> TestStream:
+    """``duration_s`` of background clips in a seeded order, nothing mixed in."""
+    if duration_s <= 0:
+        raise DatasetError(f"event-free background must be longer than 0 s, got {duration_s}")
+    rng = np.random.default_rng(seed)
+    bed = _bed(backgrounds, round(duration_s * sample_rate_hz), rng)
+    return TestStream(bed, sample_rate_hz, [], None, [])
