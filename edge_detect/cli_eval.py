@@ -336,6 +336,7 @@ def evaluate_streams(
         "model_id": model.model_id,
         "onset_collar_s": ONSET_COLLAR_S,
         "event_free_hours": round(free.duration_s / 3600, 4) if free else 0.0,
+        "background_distinct_minutes": round(free.background_s / 60, 2) if free else 0.0,
         "streams": per_ratio,
         "false_alarms": false_alarms,
     }
@@ -347,7 +348,8 @@ def format_stream_table(summary: dict[str, Any]) -> str:
 
     lines = [
         f"model {summary['model_id']}: onset collar {summary['onset_collar_s']} s, "
-        f"event-free {summary['event_free_hours']:.3f} h",
+        f"event-free {summary['event_free_hours']:.3f} h "
+        f"(from {summary['background_distinct_minutes']:.1f} min of distinct background)",
         f"{'ratio dB':>8} {'class':12} {'events':>6} {'alerts':>6} {'hits':>5} {'F1':>6} "
         f"{'ER':>6} {'latency s':>9} {'FA/h':>7}",
     ]

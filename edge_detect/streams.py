@@ -72,6 +72,9 @@ class TestStream:
     """Requested event-to-background ratio (None for an event-free stream)."""
     sources: list[str]
     """The clip behind each reference event (same order as ``events``)."""
+    background_s: float = 0.0
+    """Distinct background audio the bed was drawn from, in s (less than the stream's length
+    when the bed repeats it)."""
 
     @property
     def duration_s(self) -> float:
@@ -152,6 +155,10 @@ def _bed(
     return np.concatenate(parts)[:length].astype(np.float32)
 
 
+def _seconds(clips: Sequence[LabeledClip], sample_rate_hz: int) -> float:
+    return round(sum(len(c.samples) for c in clips) / sample_rate_hz, 3)
+
+
 def event_stream(
     events: Sequence[LabeledClip],
     backgrounds: Sequence[LabeledClip],
@@ -189,7 +196,8 @@ def event_stream(
             )
         )
         names.append(clip.name)
-    return TestStream(out, sample_rate_hz, refs, float(ratio_db), names)
+    bed_s = _seconds(backgrounds, sample_rate_hz)
+    return TestStream(out, sample_rate_hz, refs, float(ratio_db), names, bed_s)
 
 
 def event_free_stream(
@@ -200,4 +208,4 @@ def event_free_stream(
         raise DatasetError(f"event-free background must be longer than 0 s, got {duration_s}")
     rng = np.random.default_rng(seed)
     bed = _bed(backgrounds, round(duration_s * sample_rate_hz), rng)
-    return TestStream(bed, sample_rate_hz, [], None, [])
+    return TestStream(bed, sample_rate_hz, [], None, [], _seconds(backgrounds, sample_rate_hz))

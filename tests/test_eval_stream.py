@@ -113,6 +113,7 @@ def test_same_seed_same_audio_other_seed_other_layout(corpus):
     assert a.events != c.events
     free = event_free_stream(backgrounds, sample_rate_hz=RATE, duration_s=30.0, seed=1)
     assert free.events == [] and free.duration_s == 30.0
+    assert free.background_s == 12.0  # three 4 s noise clips, repeated to fill 30 s
     again = event_free_stream(backgrounds, sample_rate_hz=RATE, duration_s=30.0, seed=1)
     assert np.array_equal(free.samples, again.samples)
 
@@ -178,6 +179,7 @@ def test_false_alarms_per_hour_on_the_event_free_part(demo_folder):
     summary = evaluate_streams(model, streams, free, load_config(None))
     hours = 6 * clip_s / 3600
     assert summary["event_free_hours"] == pytest.approx(hours, abs=1e-4)
+    assert summary["background_distinct_minutes"] == round(clip_s / 60, 2)
     assert summary["false_alarms"]["dog_bark"] == {
         "alerts": 6,  # one per neighbour's bark
         "per_hour": round(6 / hours, 3),
@@ -196,7 +198,7 @@ def test_cli_prints_the_table_and_writes_json(demo_folder):
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "onset collar 0.5 s" in lines[0] and "event-free 0.008 h" in lines[0]
+    assert "onset collar 0.5 s" in lines[0] and "event-free 0.008 h (from 0.1 min" in lines[0]
     assert lines[1].split() == [
         "ratio", "dB", "class", "events", "alerts", "hits", "F1", "ER", "latency", "s", "FA/h"
     ]  # fmt: skip
@@ -227,3 +229,34 @@ def test_a_manifest_without_events_is_refused(corpus):
     )  # fmt: skip
     assert result.returncode != 0
     assert "needs event clips" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corpus_flac_stream_through_the_cli(corpus_dir, tmp_path):
+    """A short stream of real FLAC clips (the first barks: a tool check, not a figure)."""
+    with (corpus_dir / "manifest.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    barks = [r for r in rows if r["label"] == "dog_bark"][:3]
+    street = [r for r in rows if r["orig_label"] == "street_music"][:3]
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows((corpus_dir / r["path"], r["label"]) for r in barks + street)
+    out = tmp_path / "s.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_detect", "eval", "stream", "--manifest", str(manifest),
+         "--snr-db", "0", "--background-minutes", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(out.read_text())
+    reference = summary["reference"][0]
+    assert [e["label"] for e in reference["events"]] == ["dog_bark"] * 3
+    durations = {str(corpus_dir / r["path"]): float(r["duration_s"]) for r in barks}
+    for event, clip in zip(reference["events"], reference["clips"], strict=True):
+        assert 0 < event["offset_s"] - event["onset_s"] <= durations[clip] + 1e-3
+    bark = summary["streams"][0]["per_class"]["dog_bark"]
+    assert bark["events"] == 3 and 0 <= bark["hits"] <= min(3, bark["alerts"])
+    assert summary["background_distinct_minutes"] == pytest.approx(
+        sum(float(r["duration_s"]) for r in street) / 60, abs=0.01
+    )
