@@ -20,13 +20,17 @@ import logging
 import math
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from edge_detect.audio import Audio, read_wav
 from edge_detect.cli_run import add_model_argument, build_pipeline
 from edge_detect.config import RuntimeConfig, load_config
+from edge_detect.detect import ClassDetection, ClassDetector
 from edge_detect.errors import AudioError, ConfigError, DatasetError, MissingExtraError
 from edge_detect.evaluation import Event, EventBasedMetrics
 from edge_detect.model import StreamingModel, load_model
@@ -38,8 +42,11 @@ __all__ = [
     "build_streams",
     "evaluate_clips",
     "evaluate_streams",
+    "miss_rate_at_false_alarms",
     "read_manifest",
     "register",
+    "replay_onsets",
+    "run_stream",
 ]
 
 log = logging.getLogger(__name__)
@@ -232,11 +239,17 @@ of its loudest, against the bed at the same place), one stream per ratio, plus
 ``--background-minutes`` of event-free bed. Every stream runs through the pipeline of
 ``edge-detect run`` as fast as possible. Per class: event F1 and error rate with a 0.5 s onset
 collar (sed_eval's event-based metric), false alarms per hour on the event-free stream, and the
-median time from the true onset to the alert (the audio time at which the alert was decided).
+median time from the true onset to the alert (the audio time at which the alert was decided),
+and the miss rate at 0.5 and 1 false alarm per hour (the class's state machine replayed on the
+stored scores at the lowest threshold that keeps to that rate on the event-free stream).
 ``--seed`` fixes the streams: the same command builds the same audio.
 """
 
 ONSET_COLLAR_S = 0.5
+FA_TARGETS_PER_HOUR = (0.5, 1.0)
+"""False alarms per hour at which the miss rate is reported."""
+THRESHOLD_BISECTIONS = 10
+"""Bisection steps on threshold_on (a resolution of 1/1024)."""
 
 
 def alert_events(alerts: list[Any]) -> list[tuple[Event, float]]:
@@ -248,8 +261,11 @@ def alert_events(alerts: list[Any]) -> list[tuple[Event, float]]:
     return out
 
 
-def run_stream(model: StreamingModel, stream: TestStream, config: RuntimeConfig) -> list[Any]:
-    """The stream through ``edge-detect run``'s pipeline, as fast as possible; its alerts."""
+def run_stream(
+    model: StreamingModel, stream: TestStream, config: RuntimeConfig
+) -> tuple[list[Any], npt.NDArray[np.float32]]:
+    """The stream through ``edge-detect run``'s pipeline, as fast as possible: its alerts and
+    every frame's scores (frames, classes)."""
     source = WavFileSource(
         f"stream@{stream.ratio_db}dB",
         model.feature_config.sample_rate_hz,
@@ -259,8 +275,72 @@ def run_stream(model: StreamingModel, stream: TestStream, config: RuntimeConfig)
     )
     pipeline = build_pipeline(config, model, [])
     pipeline.keep_alerts = 1_000_000
+    pipeline.keep_scores = True
     pipeline.run(source)
-    return pipeline.emitted
+    scores = np.concatenate(pipeline.scores) if pipeline.scores else np.zeros((0, 0), np.float32)
+    return pipeline.emitted, scores
+
+
+def replay_onsets(
+    scores: npt.NDArray[np.float32], label: str, setting: ClassDetection, hop_ms: float
+) -> list[float]:
+    """Onset times (s) of the events ``setting`` makes of one class's scores (the pipeline's
+    per-class state machine, replayed on stored scores)."""
+    detector = ClassDetector(label, setting, hop_ms)
+    out = []
+    for score in scores.tolist():
+        event = detector.update(score)
+        if event is not None and event.kind == "onset":
+            out.append(event.start_frame * hop_ms / 1000)
+    return out
+
+
+def miss_rate_at_false_alarms(
+    model: StreamingModel,
+    config: RuntimeConfig,
+    event_runs: list[tuple[TestStream, npt.NDArray[np.float32]]],
+    free_scores: npt.NDArray[np.float32],
+    free_hours: float,
+) -> dict[str, dict[str, Any]]:
+    """Per class and target false alarms per hour: the lowest ``threshold_on`` (bisection; the
+    class's threshold_off keeps its ratio to it) whose false alarms on the event-free scores
+    stay at or below the target, and the share of each stream's events it misses (no onset
+    within the collar). Figures on the test stream: an operating curve, not a calibration."""
+    settings = config.detection_for(model.detection)
+    hop_ms = model.feature_config.hop_ms
+    out: dict[str, dict[str, Any]] = {}
+    for column, label in enumerate(model.labels):
+        if label == BACKGROUND:
+            continue
+        base = settings[label]
+        off_ratio = base.threshold_off / base.threshold_on if base.threshold_on else 0.0
+
+        def setting(threshold: float, base: ClassDetection = base, ratio: float = off_ratio):
+            return replace(base, threshold_on=threshold, threshold_off=threshold * ratio)
+
+        def false_alarms(threshold: float, column: int = column, label: str = label) -> int:
+            return len(replay_onsets(free_scores[:, column], label, setting(threshold), hop_ms))
+
+        rows = {}
+        for target in FA_TARGETS_PER_HOUR:
+            low, high = 0.0, 1.0  # false alarms at `high` never exceed the target
+            for _ in range(THRESHOLD_BISECTIONS):
+                middle = (low + high) / 2
+                if false_alarms(middle) / free_hours <= target:
+                    high = middle
+                else:
+                    low = middle
+            misses = {}
+            for stream, scores in event_runs:
+                onsets = replay_onsets(scores[:, column], label, setting(high), hop_ms)
+                refs = [e for e in stream.events if e.label == label]
+                missed = sum(
+                    not any(abs(o - ref.onset_s) <= ONSET_COLLAR_S for o in onsets) for ref in refs
+                )
+                misses[str(stream.ratio_db)] = round(missed / len(refs), 4) if refs else None
+            rows[str(target)] = {"threshold_on": high, "miss_rate": misses}
+        out[label] = rows
+    return out
 
 
 def _latencies(refs: list[Event], alerted: list[tuple[Event, float]], label: str) -> list[float]:
@@ -297,9 +377,12 @@ def evaluate_streams(
     if pipeline_log.getEffectiveLevel() > logging.DEBUG:
         pipeline_log.setLevel(logging.WARNING)
     per_ratio = []
+    runs = []
     try:
         for stream in event_streams:
-            alerted = alert_events(run_stream(model, stream, config))
+            emitted, scores = run_stream(model, stream, config)
+            runs.append((stream, scores))
+            alerted = alert_events(emitted)
             metrics = EventBasedMetrics(classes, t_collar_s=ONSET_COLLAR_S)
             metrics.evaluate(stream.events, [e for e, _ in alerted if e.label in classes])
             rows = {}
@@ -324,12 +407,14 @@ def evaluate_streams(
                 }
             )
         false_alarms: dict[str, Any] = {}
+        operating: dict[str, Any] = {}
         if free is not None:
-            alerts = run_stream(model, free, config)
+            alerts, free_scores = run_stream(model, free, config)
             hours = free.duration_s / 3600
             for label in classes:
                 count = sum(a.label == label for a in alerts)
                 false_alarms[label] = {"alerts": count, "per_hour": round(count / hours, 3)}
+            operating = miss_rate_at_false_alarms(model, config, runs, free_scores, hours)
     finally:
         pipeline_log.setLevel(previous_level)
     return {
@@ -339,6 +424,7 @@ def evaluate_streams(
         "background_distinct_minutes": round(free.background_s / 60, 2) if free else 0.0,
         "streams": per_ratio,
         "false_alarms": false_alarms,
+        "miss_rate_at_false_alarms_per_hour": operating,
     }
 
 
@@ -360,6 +446,14 @@ def format_stream_table(summary: dict[str, Any]) -> str:
                 f"{stream['ratio_db']:>8.1f} {label:12} {row['events']:>6} {row['alerts']:>6} "
                 f"{row['hits']:>5} {show(row['f1']):>6} {show(row['error_rate']):>6} "
                 f"{show(row['onset_to_alert_median_s'], '.2f'):>9} {show(fa, '.2f'):>7}"
+            )
+    operating = summary.get("miss_rate_at_false_alarms_per_hour") or {}
+    for label, targets in operating.items():
+        for target, row in targets.items():
+            misses = ", ".join(f"{show(v)} at {k} dB" for k, v in row["miss_rate"].items())
+            lines.append(
+                f"{label}: at <= {target} false alarms/h (threshold_on {row['threshold_on']:.3f})"
+                f" misses {misses}"
             )
     return "\n".join(lines)
 

@@ -8,13 +8,21 @@ import itertools
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
 
 from edge_detect.audio import read_wav, write_wav
-from edge_detect.cli_eval import ONSET_COLLAR_S, build_streams, evaluate_streams, read_manifest
+from edge_detect.cli_eval import (
+    ONSET_COLLAR_S,
+    build_streams,
+    evaluate_streams,
+    read_manifest,
+    replay_onsets,
+    run_stream,
+)
 from edge_detect.config import load_config
 from edge_detect.errors import DatasetError
 from edge_detect.model import load_model
@@ -188,6 +196,50 @@ def test_false_alarms_per_hour_on_the_event_free_part(demo_folder):
         assert row["per_hour"] == round(row["alerts"] / hours, 3)
 
 
+def test_replayed_state_machine_equals_the_pipeline_and_sets_the_operating_point(demo_folder):
+    street = read_wav(FIXTURES / "background_street.wav").samples
+    bark = read_wav(demo_folder / "dog_bark.wav").samples
+    write_wav(demo_folder / "neighbour.wav", np.concatenate([street, bark, street]), RATE)
+    (demo_folder / "fa.csv").write_text(
+        "path,label\nneighbour.wav,neighbour_dog\ndog_bark.wav,dog_bark\n"
+    )
+    model = load_model(None)
+    config = load_config(None)
+    streams, free, _ = build_streams(
+        model, read_manifest(demo_folder / "fa.csv"), ratios_db=[12.0], background_minutes=1,
+        seed=1,
+    )  # fmt: skip
+    assert free is not None
+    alerts, scores = run_stream(model, free, config)
+    settings = config.detection_for(model.detection)
+    hop_ms = model.feature_config.hop_ms
+    for column, label in enumerate(model.labels[:3]):
+        replayed = replay_onsets(scores[:, column], label, settings[label], hop_ms)
+        expected = [a.extra["offset_s"] for a in alerts if a.label == label]
+        assert replayed == pytest.approx(expected, abs=1e-3), label
+    summary = evaluate_streams(model, streams, free, config)
+    operating = summary["miss_rate_at_false_alarms_per_hour"]["dog_bark"]
+    strict, loose = operating["0.5"], operating["1.0"]
+    # the neighbour's barks alert at the model's threshold; 0.5/h in a minute means none
+    assert summary["false_alarms"]["dog_bark"]["alerts"] > 0
+    assert strict["threshold_on"] > settings["dog_bark"].threshold_on
+    assert (
+        replay_onsets(
+            scores[:, 0], "dog_bark", replace(settings["dog_bark"], **_at(strict, settings)), hop_ms
+        )
+        == []
+    )
+    assert strict["threshold_on"] >= loose["threshold_on"]
+    assert strict["miss_rate"]["12.0"] >= loose["miss_rate"]["12.0"]
+    assert strict["miss_rate"]["12.0"] in (0.0, 1.0)  # one planted bark
+
+
+def _at(row, settings):
+    base = settings["dog_bark"]
+    on = row["threshold_on"]
+    return {"threshold_on": on, "threshold_off": on * base.threshold_off / base.threshold_on}
+
+
 def test_cli_prints_the_table_and_writes_json(demo_folder):
     out = demo_folder / "stream.json"
     args = [
@@ -204,9 +256,13 @@ def test_cli_prints_the_table_and_writes_json(demo_folder):
     ]  # fmt: skip
     bark = next(line for line in lines if "dog_bark" in line).split()
     assert bark[:7] == ["12.0", "dog_bark", "1", "1", "1", "1.000", "0.000"]
+    assert any(line.startswith("dog_bark: at <= 0.5 false alarms/h (") for line in lines)
     summary = json.loads(out.read_text())
     assert summary["seed"] == 1 and summary["mapped_to_background"] == []
     assert summary["streams"][0]["per_class"]["dog_bark"]["hits"] == 1
+    operating = summary["miss_rate_at_false_alarms_per_hour"]
+    assert set(operating) == {"dog_bark", "baby_cry", "gun_shot"}
+    assert set(operating["gun_shot"]) == {"0.5", "1.0"}
     fa = summary["false_alarms"]["dog_bark"]["per_hour"]
     assert bark[-1] == f"{fa:.2f}"
     reference = summary["reference"][0]
