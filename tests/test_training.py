@@ -285,3 +285,82 @@ def test_cli_trains_from_a_preset_and_prints_a_summary(
     assert summary["checkpoint"] == str(out / "checkpoint.pt")
     assert set(summary["val_per_class_error"]) == set(LABELS)
     assert load_checkpoint(out / "checkpoint.pt")["train_config"]["optim"]["epochs"] == 1
+
+
+def _tiny_cnn_config(manifest: Path, tmp: Path, **optim: Any) -> TrainConfig:
+    config = _tiny_config(manifest, tmp, **optim).to_dict()
+    config["model"]["kind"] = "cnn"
+    return TrainConfig.from_dict(config)
+
+
+@pytest.mark.parametrize("method", ["weighted_ce", "cluster"])
+def test_cnn_trains_clip_level_through_the_same_loop(
+    tiny_manifest: Path, tmp_path: Path, method: str
+) -> None:
+    config = _tiny_cnn_config(tiny_manifest, tmp_path, method=method, epochs=12, lr=1e-2)
+    result = train(config, progress=False)
+    data = load_checkpoint(result.checkpoint)
+    assert data["model_config"]["kind"] == "cnn"
+    assert "detection" not in data  # no frame scores, so no streaming thresholds
+    model, _ = model_from_checkpoint(data)
+    logits = model(torch.randn(2, 50, 64))
+    assert logits.shape == (2, len(LABELS))  # one score vector per clip
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["model"] == "cnn" and metrics["method"] == method
+    assert "stream" not in metrics["val"]
+    assert set(metrics["test"]["clip"]["per_class_error"]) == set(LABELS)
+    assert len(result.test_clips) == sum(metrics["test"]["clip"]["support"])
+    history = metrics["history"]
+    assert len(history) == 12 and all("val_frame_error" not in h for h in history)
+    losses = [h["train_loss"] for h in history]
+    assert np.isfinite(losses).all()
+    if method == "cluster":
+        assert "val_nearest_centroid_error" in history[0]
+    else:  # a handful of crops per epoch: the loss falls slowly, but it falls
+        assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
+    assert metrics["val"]["clip"]["mean_error"] < 0.75  # better than chance on val
+    for name in ("loss_curves.png", "confusion_val.png", "embedding_epoch001.png"):
+        assert (result.run_dir / name).stat().st_size > 1000
+
+
+def test_cnn_resume_gives_the_weights_of_an_uninterrupted_run(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    straight = train(
+        _tiny_cnn_config(tiny_manifest, tmp_path / "a", method="cluster"), progress=False
+    )
+    config_b = _tiny_cnn_config(tiny_manifest, tmp_path / "b", method="cluster")
+    train(config_b, progress=False, time_limit_s=0.0)
+    state = load_checkpoint(tmp_path / "b" / "run" / "checkpoint_last.pt")
+    assert state["resume"]["epoch"] == 1 and state["model_config"]["kind"] == "cnn"
+    resumed = train(config_b, progress=False, resume=True)
+    a = load_checkpoint(straight.run_dir / "checkpoint_last.pt")
+    b = load_checkpoint(resumed.run_dir / "checkpoint_last.pt")
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    assert torch.equal(a["resume"]["cluster_loss"]["sums"], b["resume"]["cluster_loss"]["sums"])
+
+
+def test_cnn_crops_have_a_fixed_length_and_the_clip_label(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    config = _tiny_cnn_config(tiny_manifest, tmp_path)  # event_max_s = 0.5 s: 48 frames
+    feat = config.features
+    noise = np.random.default_rng(2).standard_normal(int(0.2 * feat.sample_rate_hz))
+    short = (0.3 * noise).astype(np.float32)
+    long = (0.1 * np.random.default_rng(0).standard_normal(feat.sample_rate_hz)).astype(np.float32)
+    items = [
+        ClipAudio(None, 1, short, *frame_activity(short, feat, 30.0)),  # type: ignore[arg-type]
+        ClipAudio(None, 3, long, *frame_activity(long, feat, 30.0)),  # type: ignore[arg-type]
+    ]
+    builder = SequenceBuilder(config, items, items[1:], background_index=3)
+    rng = np.random.default_rng(1)
+    for index, label in ((0, 1), (1, 3)):
+        for augment in (True, False):
+            features, target = builder.crop(index, rng, augment=augment)
+            assert features.shape == (builder.crop_frames(), feat.n_mels)
+            assert target == label
+    assert builder.crop_frames() == feat.num_frames(int(0.5 * feat.sample_rate_hz))
+    # the short clip fills its 0.2 s; the rest is silence (the log floor)
+    features, _ = builder.crop(0, rng, augment=False)
+    assert features[:15].mean(1).min() > features[-5:].mean(1).max() + 10.0

@@ -16,6 +16,12 @@ Methods: one stage for the baselines (frame-level loss on the logits); two for '
 (embedding stage with :class:`train.losses.ClusterCentroidLoss` on frame embeddings, then the
 classifier with encoder fine-tuning and the centroid loss kept as an auxiliary term).
 
+The CNN (``model.kind = "cnn"``) is clip-level: the same loop, losses, checkpoints, metrics and
+plots, but each example is one fixed-length crop of ``augment.event_max_s`` of a clip (random
+position, padded with silence where the clip is shorter; same gain, mixing and low-pass) with one
+label, and evaluation scores the whole clip (padded to at least one crop). It has no frame
+scores, so it gets no streaming metrics and no detection thresholds, and it is never exported.
+
 Every random draw of epoch ``e`` comes from generators seeded by ``(seed, e)``, so a resumed run
 gives the same weights as an uninterrupted one.
 """
@@ -41,14 +47,14 @@ import torch
 import torch.nn.functional as F
 
 from edge_detect.detect import ClassDetection
-from edge_detect.errors import CheckpointError, DatasetError, TrainingError
+from edge_detect.errors import CheckpointError, DatasetError
 from edge_detect.features import FeatureConfig, log_mel
 from train.cache import FeatureCache
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.datasets import Clip, filter_clips, load_manifest, split_by_group
 from train.losses import ClusterCentroidLoss, check_finite, classification_loss
-from train.models import StreamingLSTM, build_model
+from train.models import CNNClassifier, StreamingLSTM, build_model
 
 __all__ = [
     "IGNORE",
@@ -61,6 +67,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+Model = StreamingLSTM | CNNClassifier
 
 IGNORE = -100
 """Frame target that no loss sees (quiet frames inside a weakly labelled event, padding)."""
@@ -214,6 +222,46 @@ class SequenceBuilder:
             j = (starts[inside] - len(before)) // self.hop
             targets[inside] = np.where(active[j], item.target, IGNORE)
         return features, targets
+
+    def crop_frames(self) -> int:
+        """Frames of one clip-level crop (``augment.event_max_s``; at least 8 for the CNN)."""
+        return _crop_frames(self.config)
+
+    def crop(
+        self, index: int, rng: np.random.Generator, *, augment: bool = True
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        """Clip-level example for the CNN: features (crop_frames(), F) of a random crop of clip
+        ``index`` (placed at a random offset in silence when shorter), and its class."""
+        aug = self.config.augment
+        item = self.clips[index]
+        event, _ = self._crop(item, aug.event_max_s, rng)
+        length = max(len(event), (self.crop_frames() - 1) * self.hop + self.win)
+        if augment:
+            gain = self._gain(rng)
+            event = event * gain
+            if item.target != self.background_index and rng.random() < aug.mix_prob:
+                bed = self._background(len(event), rng)[: len(event)]
+                bed = np.pad(bed, (0, len(event) - len(bed)))
+                active = item.frame_power[item.active] if item.active.any() else [1e-12]
+                event_power = float(np.mean(active)) * gain**2
+                bed_power = float(np.mean(bed**2)) + 1e-12
+                snr_db = rng.uniform(aug.snr_db_min, aug.snr_db_max)
+                event = event + bed * math.sqrt(event_power / (bed_power * 10.0 ** (snr_db / 10.0)))
+        offset = int(rng.integers(0, length - len(event) + 1)) if augment else 0
+        audio = np.zeros(length, dtype=np.float32)
+        audio[offset : offset + len(event)] = event
+        if augment and rng.random() < aug.lowpass_prob:
+            cutoff = rng.uniform(aug.lowpass_min_hz, aug.lowpass_max_hz)
+            if cutoff < self.rate / 2:
+                audio = _lowpass(audio, cutoff, self.rate)
+        features = log_mel(np.clip(audio, -1.0, 1.0), self.config.features)
+        return features[: self.crop_frames()], item.target
+
+
+def _collate_crops(items: Sequence[tuple[npt.NDArray[np.float32], int]]) -> tuple[Any, Any]:
+    """Equal-length crops: features (B, T, F) and clip targets (B,)."""
+    x = torch.from_numpy(np.stack([f for f, _ in items]))
+    return x, torch.tensor([t for _, t in items], dtype=torch.long)
 
 
 def _collate(
@@ -386,9 +434,10 @@ def _per_class(
 
 @torch.no_grad()
 def evaluate_clips(
-    model: StreamingLSTM, items: Sequence[ClipAudio], config: TrainConfig, labels: Sequence[str]
+    model: Model, items: Sequence[ClipAudio], config: TrainConfig, labels: Sequence[str]
 ) -> tuple[dict[str, Any], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Each clip alone from a zero state; clip score = mean frame probability over active frames.
+    """Each clip alone from a zero state; clip score = mean frame probability over active frames
+    (the CNN: its score of the whole clip, padded to at least one training crop).
 
     Returns metrics, clip embeddings (N, E) (mean over active frames) and targets (N,).
     """
@@ -400,7 +449,7 @@ def evaluate_clips(
 
 @torch.no_grad()
 def clip_scores(
-    model: StreamingLSTM, items: Sequence[ClipAudio], config: TrainConfig
+    model: Model, items: Sequence[ClipAudio], config: TrainConfig
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Clip probabilities (N, C), clip embeddings (N, E) and targets (N,) (see evaluate_clips)."""
     model.eval()
@@ -412,6 +461,18 @@ def clip_scores(
                 np.pad(item.audio, (0, config.features.window_samples)), config.features
             )
         x = torch.from_numpy(feats)[None]
+        if isinstance(model, CNNClassifier):
+            minimum = _crop_frames(config)
+            if len(feats) < minimum:  # as in training: the clip at the start of silence
+                silence = log_mel(np.zeros(config.features.window_samples), config.features)
+                x = torch.cat(
+                    [x, torch.from_numpy(silence[:1])[None].expand(1, minimum - len(feats), -1)], 1
+                )
+            clip_emb = model.embed(x)  # (1, E)
+            probs.append(torch.softmax(model.classifier(clip_emb), dim=-1)[0].numpy())
+            embeddings.append(clip_emb[0].numpy())
+            targets.append(item.target)
+            continue
         emb, _, _ = model.embed(x)
         p = torch.softmax(model.classifier(emb), dim=-1)[0]  # (T, C)
         active = torch.from_numpy(np.resize(item.active, len(feats)))
@@ -421,6 +482,12 @@ def clip_scores(
         embeddings.append(emb[0][active].mean(0).numpy())
         targets.append(item.target)
     return np.stack(probs), np.stack(embeddings), np.asarray(targets, dtype=np.int64)
+
+
+def _crop_frames(config: TrainConfig) -> int:
+    feat = config.features
+    samples = int(config.augment.event_max_s * feat.sample_rate_hz) // feat.hop_samples
+    return max(8, feat.num_frames(max(feat.window_samples, samples * feat.hop_samples)))
 
 
 @torch.no_grad()
@@ -503,7 +570,8 @@ def _plots(
     ax[0].set_title("training loss")
     ax[0].legend()
     ax[1].plot(epochs, [h["val_clip_error"] for h in history], label="val clip error")
-    ax[1].plot(epochs, [h["val_frame_error"] for h in history], label="val frame error")
+    if all("val_frame_error" in h for h in history):  # the CNN has no frame scores
+        ax[1].plot(epochs, [h["val_frame_error"] for h in history], label="val frame error")
     ax[1].set_xlabel("epoch")
     ax[1].set_title("validation mean per-class error")
     ax[1].legend()
@@ -583,7 +651,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _optimiser(model: StreamingLSTM, config: TrainConfig, stage: int) -> torch.optim.Optimizer:
+def _optimiser(model: Model, config: TrainConfig, stage: int) -> torch.optim.Optimizer:
     opt = config.optim
     encoder = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
     head = list(model.classifier.parameters())
@@ -616,13 +684,17 @@ class _EmbedAndClassify(torch.nn.Module):
     """One forward that returns embeddings and logits, so DistributedDataParallel sees every
     parameter used by the loss (its gradient hooks need the wrapper's forward)."""
 
-    def __init__(self, model: StreamingLSTM) -> None:
+    def __init__(self, model: Model) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb, _, _ = self.model.embed(x)  # (B, T, E)
-        return emb, self.model.classifier(self.model.dropout(emb))  # (B, T, C)
+        """LSTM: (B, T, E) and (B, T, C); CNN: (B, E) and (B, C)."""
+        if isinstance(self.model, CNNClassifier):
+            emb = self.model.embed(x)
+        else:
+            emb, _, _ = self.model.embed(x)
+        return emb, self.model.classifier(self.model.dropout(emb))
 
 
 def _distributed() -> tuple[int, int]:
@@ -654,11 +726,7 @@ def train(
     time_limit_s : stop after the epoch that passes this wall time (the best epoch is kept).
     """
     opt = config.optim
-    if config.model.kind != "lstm":
-        raise TrainingError(
-            "the streaming trainer trains model.kind = 'lstm'; the CNN is clip-level and used "
-            "only by the paper comparison"
-        )
+    clip_level = config.model.kind == "cnn"
     torch.set_num_threads(opt.num_threads)
     rank, world = _distributed()
     run_dir = out_dir or config.resolve(opt.out_dir)
@@ -681,7 +749,7 @@ def train(
 
     torch.manual_seed(opt.seed)
     model = build_model(config.model)
-    assert isinstance(model, StreamingLSTM)
+    assert isinstance(model, (StreamingLSTM, CNNClassifier))
     mean, std, frame_counts = _feature_stats(
         builder, min(300, len(train_items)), opt.seed, len(labels)
     )
@@ -700,10 +768,14 @@ def train(
         if opt.method == "cluster"
         else None
     )
-    # frame-level losses see frames, so their class weights and priors come from frame counts
+    # frame-level losses see frames, so their class weights and priors come from frame counts;
+    # the CNN's see clips: every event clip and background_per_epoch background clips an epoch
+    seen = list(counts)
+    if opt.background_per_epoch:
+        seen[bg] = min(seen[bg], opt.background_per_epoch)
     frame_loss = classification_loss(
         opt.classifier_loss if opt.method == "cluster" else opt.method,
-        frame_counts,
+        seen if clip_level else frame_counts,
         focal_gamma=opt.focal_gamma,
         logit_tau=opt.logit_tau,
     )
@@ -764,12 +836,15 @@ def train(
         bar = _bar(batches, progress, f"epoch {epoch + 1}/{opt.epochs}")
         for b_index, start in enumerate(bar):
             chunk = order[start : start + opt.batch_size]
-            x, y = _collate([builder.build(i, rng) for i in chunk])
+            if clip_level:
+                x, y = _collate_crops([builder.crop(i, rng) for i in chunk])
+            else:
+                x, y = _collate([builder.build(i, rng) for i in chunk])
             in_stage = (epoch - stage_start) * batches_per_epoch + b_index
             factor = _lr_factor(in_stage, stage_epochs * batches_per_epoch, batches_per_epoch)
             for group in optimiser.param_groups:
                 group["lr"] = opt.lr * group["scale"] * factor
-            emb, logits = net(x)  # (B, T, E), (B, T, C)
+            emb, logits = net(x)  # (B, T, E), (B, T, C); the CNN: (B, E), (B, C)
             check_finite(emb, "an embedding", step=step, batch=f"{b_index} of epoch {epoch + 1}")
             mask = y != IGNORE
             if stage != 1:
@@ -778,8 +853,12 @@ def train(
                 loss = 0.0 * logits.sum()
             if cluster_loss is not None:
                 owners = [train_items[i].target for i in chunk]
-                z, t = _sample_frames(
-                    emb, y, owners, opt.embedding_frames, rng, opt.pool_embeddings
+                z, t = (
+                    (emb, y)
+                    if clip_level
+                    else _sample_frames(
+                        emb, y, owners, opt.embedding_frames, rng, opt.pool_embeddings
+                    )
                 )
                 weight = 1.0 if stage == 1 else opt.aux_weight
                 loss = loss + weight * cluster_loss(z, t, step=step, batch=b_index)
@@ -810,18 +889,20 @@ def train(
                 continue
 
         clip_metrics, clip_emb, clip_y = evaluate_clips(model, val_items, config, labels)
-        stream_metrics, _ = evaluate_stream(model, val_sequences, val_owner, labels, bg, config)
-        score = 0.5 * (clip_metrics["mean_error"] + stream_metrics["mean_error"])
         record = {
             "epoch": epoch + 1,
             "stage": stage,
             "train_loss": float(np.mean(losses)),
             "val_clip_error": clip_metrics["mean_error"],
             "val_clip_per_class_error": clip_metrics["per_class_error"],
-            "val_frame_error": stream_metrics["mean_error"],
-            "val_score": score,
-            "elapsed_s": round(time.monotonic() - started, 1),
         }
+        score = clip_metrics["mean_error"]
+        if not clip_level:
+            stream_metrics, _ = evaluate_stream(model, val_sequences, val_owner, labels, bg, config)
+            score = 0.5 * (clip_metrics["mean_error"] + stream_metrics["mean_error"])
+            record["val_frame_error"] = stream_metrics["mean_error"]
+        record["val_score"] = score
+        record["elapsed_s"] = round(time.monotonic() - started, 1)
         if cluster_loss is not None:
             predicted = cluster_loss.predict(torch.from_numpy(clip_emb)).numpy()
             record["val_nearest_centroid_error"] = _per_class(clip_y, predicted, labels)[
@@ -888,17 +969,26 @@ def train(
         best = {"score": math.inf, "epoch": epoch + 1, "model_state": model.state_dict()}
     model.load_state_dict(best["model_state"])
     clip_val, _, _ = evaluate_clips(model, val_items, config, labels)
-    stream_val, detection = evaluate_stream(model, val_sequences, val_owner, labels, bg, config)
     metrics: dict[str, Any] = {
         "method": opt.method,
+        "model": config.model.kind,
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
-        "val": {"clip": clip_val, "stream": stream_val},
+        "val": {"clip": clip_val},
         "band_check": _band_check(model, data, config),
     }
+    extra: dict[str, Any] = {}
+    if not clip_level:  # detection thresholds come from the frame scores of the stream
+        stream_val, extra["detection"] = evaluate_stream(
+            model, val_sequences, val_owner, labels, bg, config
+        )
+        metrics["val"]["stream"] = stream_val
     test_items = data.parts["test"]
     test_clips: list[dict[str, Any]] = []
-    if test_items:
+    if test_items and clip_level:
+        clip_test, _, _ = evaluate_clips(model, test_items, config, labels)
+        metrics["test"] = {"clip": clip_test}
+    elif test_items:
         test_bgs = [c for c in test_items if c.target == bg] or val_backgrounds
         test_builder = SequenceBuilder(config, test_items, test_bgs, bg)
         test_rng = np.random.default_rng(VAL_SEQUENCE_SEED + 1)
@@ -906,6 +996,11 @@ def train(
             test_builder.build(i, test_rng, augment=False) for i in range(len(test_items))
         ]
         clip_test, _, _ = evaluate_clips(model, test_items, config, labels)
+        stream_test, _ = evaluate_stream(
+            model, test_sequences, [c.target for c in test_items], labels, bg, config
+        )
+        metrics["test"] = {"clip": clip_test, "stream": stream_test}
+    if test_items:
         test_probs, _, _ = clip_scores(model, test_items, config)
         test_clips = [
             {
@@ -917,14 +1012,10 @@ def train(
             }
             for item, p in zip(test_items, test_probs, strict=True)
         ]
-        stream_test, _ = evaluate_stream(
-            model, test_sequences, [c.target for c in test_items], labels, bg, config
-        )
-        metrics["test"] = {"clip": clip_test, "stream": stream_test}
     metrics["wall_time_s"] = round(time.monotonic() - started, 1)
     checkpoint = run_dir / BEST_NAME
     sha = save_checkpoint(
-        checkpoint, _payload(config, data, model.state_dict(), detection=detection, metrics=metrics)
+        checkpoint, _payload(config, data, model.state_dict(), metrics=metrics, **extra)
     )
     metrics["checkpoint_sha256"] = sha
     (run_dir / "metrics.json").write_text(
@@ -962,7 +1053,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
-def _band_check(model: StreamingLSTM, data: Dataset, config: TrainConfig) -> dict[str, Any]:
+def _band_check(model: Model, data: Dataset, config: TrainConfig) -> dict[str, Any]:
     """Recall of held-out cries by bandwidth: 8 kHz phone recordings vs full-band ones.
 
     The corpus marks band-limited sources in its ``notes`` ("no content above 4 kHz").
@@ -1054,7 +1145,7 @@ def _drain(reservoir: dict[int, list[torch.Tensor]]) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def _warm_embeddings(
-    model: StreamingLSTM, builder: SequenceBuilder, opt: Any, batches: int
+    model: Model, builder: SequenceBuilder, opt: Any, batches: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame embeddings of a few batches, for the first k-means (every class included)."""
     rng = np.random.default_rng([opt.seed, 7])
@@ -1070,6 +1161,11 @@ def _warm_embeddings(
     model.eval()
     for start in range(0, len(picks), opt.batch_size):
         chunk = [int(i) for i in picks[start : start + opt.batch_size]]
+        if isinstance(model, CNNClassifier):
+            x, y = _collate_crops([builder.crop(i, rng) for i in chunk])
+            zs.append(model.embed(x))
+            ts.append(y)
+            continue
         x, y = _collate([builder.build(i, rng) for i in chunk])
         emb, _, _ = model.embed(x)
         owners = [builder.clips[i].target for i in chunk]
