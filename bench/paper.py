@@ -14,8 +14,12 @@ Usage (the full protocol; a reduced one is --seeds 2 --epochs 8)::
         --ratios 6:1:2:16 2:2:1:26 --methods weighted_ce cluster ce logit_adjusted focal \\
         --seeds 5 --epochs 20 --out runs/paper
 
-Prints a Markdown table on stdout; writes every run and results_<ratios>.json under --out. Only the
-LSTM is covered (the streaming trainer trains LSTMs only).
+Prints a Markdown table on stdout; writes every run and results_<ratios>.json under --out.
+``--arch cnn`` trains the clip-level CNN instead of the preset's network (model.kind; or use
+``--preset train/configs/cnn.toml``, the CNN's own preset, with 1.5 s crops)::
+
+    python bench/paper.py --preset train/configs/cnn.toml --arch cnn --ratios 6:1:2:16 \
+        --seeds 3 --epochs 8 --out runs/paper_cnn
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def _run(preset: Path, ratio: list[int], method: str, seed: int, args: argparse.
     from train.trainer import train
 
     name = "-".join(map(str, ratio))
-    overrides = {
+    overrides: dict[str, Any] = {
         "data": {"train_ratio": ratio, "subset_seed": seed},
         "optim": {
             "method": method,
@@ -62,6 +66,8 @@ def _run(preset: Path, ratio: list[int], method: str, seed: int, args: argparse.
             "plot_every": args.epochs,
         },
     }
+    if args.arch:
+        overrides["model"] = {"kind": args.arch}
     config = load_config(preset, overrides)
     out = args.out / name / method / f"seed{seed}"
     if args.reuse and (out / "checkpoint.pt").is_file():
@@ -108,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         "--methods", nargs="+", default=["weighted_ce", "cluster", "ce", "logit_adjusted", "focal"]
     )
     parser.add_argument("--baseline", default="weighted_ce")
+    parser.add_argument(
+        "--arch",
+        choices=["lstm", "cnn"],
+        default=None,
+        help="network (model.kind); default: the preset's",
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=CHECKOUT / "runs" / "paper")
@@ -123,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline not in args.methods:
         parser.error(f"--baseline {args.baseline} must be one of --methods")
     started = time.monotonic()
-    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "ratios": {}}
+    sys.path.insert(0, str(CHECKOUT))
+    from train.config import load_config
+
+    results: dict[str, Any] = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "arch": args.arch or load_config(args.preset).model.kind,
+        "ratios": {},
+    }
     labels: list[str] = []
     for ratio_text in args.ratios:
         ratio = [int(x) for x in ratio_text.split(":")]
@@ -227,7 +246,8 @@ def _summarise(
 
 def _print_table(results: dict[str, Any], labels: list[str], args: argparse.Namespace) -> None:
     print(
-        f"LSTM, {args.seeds} paired seeds, {args.epochs} epochs, preset {args.preset.name}, "
+        f"{results['arch'].upper()}, {args.seeds} paired seeds, {args.epochs} epochs, "
+        f"preset {args.preset.name}, "
         f"wall time {results['wall_time_s'] / 60:.1f} min"
     )
     head = " | ".join(f"e({label})" for label in labels)
