@@ -80,10 +80,12 @@ def _run(preset: Path, ratio: list[int], method: str, seed: int, args: argparse.
 def _reuse(path: Path, config: Any) -> Any:
     """The finished run at ``path`` scored again on the test set, if it used this config."""
     from train.checkpoint import load_checkpoint, model_from_checkpoint
+    from train.config import TrainConfig
     from train.trainer import RunResult, clip_scores, evaluate_clips, load_dataset
 
     saved = load_checkpoint(path)
-    if saved["train_config"] != config.to_dict():
+    # Through from_dict so that keys added since (with their defaults) do not count as changes.
+    if TrainConfig.from_dict(saved["train_config"]).to_dict() != config.to_dict():
         log.info("%s was trained with another config: training again", path)
         return None
     model, _ = model_from_checkpoint(saved)
