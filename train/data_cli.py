@@ -1,23 +1,32 @@
-"""``edge-detect data``: look at a dataset and fill the feature cache.
+"""``edge-detect data``: look at a dataset, fill the feature cache, write a model's split.
 
 ``edge-detect data stats --manifest CSV`` loads the manifest, computes (or reads from the cache)
 the log-mel features of every clip, and prints per-label counts, decoded durations and distinct
 recordings (groups) on stdout. Unreadable clips are skipped and counted unless ``--strict``.
+
+``edge-detect data split --config PRESET_OR_CHECKPOINT --out DIR`` writes the training,
+validation and test clips exactly as ``train/trainer.py`` splits them (:func:`train.trainer.
+split_clips`) as ``DIR/{train,val,test}.csv``: the manifest's own columns and rows, paths
+rewritten to resolve from ``DIR``. Given a checkpoint, the split of an existing model is
+recovered from the training config it carries (for calibrating on its validation part and
+testing on its test part).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from edge_detect.errors import ConfigError
+from edge_detect.errors import CheckpointError, ConfigError, DatasetError
 
-__all__ = ["register", "stats_table"]
+__all__ = ["register", "split_config", "stats_table", "write_split"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,29 @@ def register(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "none: the shared front end",
     )
     stats.set_defaults(func=_run_stats)
+    split = commands.add_parser(
+        "split",
+        help="write the train/val/test CSVs of a preset's or a checkpoint's split",
+        description=(
+            "Write DIR/train.csv, val.csv and test.csv: the clips of each part exactly as "
+            "'edge-detect train' splits them (by group, license filter, training subset), with "
+            "the manifest's columns and paths that resolve from DIR. A checkpoint (.pt) gives "
+            "the split of the model trained from it.\n\nexample: edge-detect data split "
+            "--config runs/default/checkpoint.pt --out /tmp/split"
+        ),
+        formatter_class=formatter,
+    )
+    split.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML preset, or a checkpoint .pt (its stored training config)",
+    )
+    split.add_argument(
+        "--out", required=True, type=Path, default=argparse.SUPPRESS, help="output folder"
+    )
+    split.set_defaults(func=_run_split)
     data.set_defaults(func=_usage(data))
 
 
@@ -186,4 +218,96 @@ def _run_stats(args: argparse.Namespace) -> int:
         cache.feature_dir,
         len(result.skipped),
     )
+    return 0
+
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def split_config(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The training config of a TOML preset or of a checkpoint, and the checkpoint's data
+    provenance (empty for a preset)."""
+    from train.config import TrainConfig, load_config
+
+    if path.suffix.lower() == ".toml":
+        return load_config(path), {}
+    from train.checkpoint import load_checkpoint
+
+    data = load_checkpoint(path)
+    if not isinstance(data.get("train_config"), dict):
+        raise CheckpointError(
+            f"checkpoint {path} carries no training config, so its split cannot be recovered; "
+            "pass the TOML preset it was trained from instead"
+        )
+    try:
+        config = TrainConfig.from_dict(data["train_config"])
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: its training config is not usable: {exc}"
+        ) from None
+    provenance = data.get("data")
+    return config, provenance if isinstance(provenance, dict) else {}
+
+
+def write_split(config: Any, out: Path) -> dict[str, int]:
+    """Write ``out/{train,val,test}.csv`` for ``config``'s split; clips per part.
+
+    Rows are the manifest's own rows (every column kept, in the part's order) with ``path``
+    relative to ``out``.
+    """
+    from train.trainer import split_clips
+
+    parts, _ = split_clips(config)
+    manifest = config.resolve(config.data.manifest)
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    by_path = {
+        os.path.abspath(manifest.parent / row["path"]): row for row in rows if row.get("path")
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name in SPLIT_PARTS:
+        target = out / f"{name}.csv"
+        with target.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            for clip in parts[name]:
+                row = by_path.get(os.path.abspath(clip.path))
+                if row is None:  # pragma: no cover - split_clips read this very manifest
+                    raise DatasetError(f"{clip.path} is not a row of {manifest}")
+                writer.writerow({**row, "path": os.path.relpath(clip.path, out.resolve())})
+        counts[name] = len(parts[name])
+    return counts
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    """Handler of ``edge-detect data split``."""
+    from train.checkpoint import file_sha256
+
+    config, provenance = split_config(args.config)
+    manifest = config.resolve(config.data.manifest)
+    if provenance.get("manifest_sha256") and manifest.is_file():
+        if file_sha256(manifest) != provenance["manifest_sha256"]:
+            log.warning(
+                "%s changed since %s was trained (SHA-256 differs from the checkpoint's): the "
+                "split written is that of today's manifest, not necessarily the model's",
+                manifest,
+                args.config,
+            )
+    counts = write_split(config, args.out)
+    expected = provenance.get("clip_counts")
+    if isinstance(expected, dict):
+        stored = {name: sum(expected.get(name, {}).values()) for name in SPLIT_PARTS}
+        if counts != stored:
+            log.warning(
+                "clips per part %s differ from those %s recorded at training %s (unreadable "
+                "clips are dropped when training loads audio)",
+                counts,
+                args.config,
+                stored,
+            )
+    for name in SPLIT_PARTS:
+        print(f"{args.out / (name + '.csv')}: {counts[name]} clips")
     return 0

@@ -63,6 +63,7 @@ __all__ = [
     "clip_scores",
     "evaluate_clips",
     "load_dataset",
+    "split_clips",
     "train",
 ]
 
@@ -299,8 +300,10 @@ class Dataset:
         return [counts.get(i, 0) for i in range(len(self.labels))]
 
 
-def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
-    """Manifest -> filtered clips -> split by group -> audio in memory."""
+def split_clips(config: TrainConfig) -> tuple[dict[str, list[Clip]], int]:
+    """Manifest -> filtered clips -> split by group -> the training subset: the clips of each
+    part (``train``, ``val``, ``test``) as training uses them, and how many clips the license
+    filter left out. ``edge-detect data split`` writes these parts as CSVs."""
     data = config.data
     manifest = config.resolve(data.manifest)
     clips = load_manifest(manifest, labels=data.labels)
@@ -331,6 +334,14 @@ def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
         parts_clips["train"] = _ratio_subset(
             parts_clips["train"], data.labels, data.train_ratio, data.subset_seed
         )
+    return parts_clips, len(clips) - len(kept)
+
+
+def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
+    """Manifest -> filtered clips -> split by group (:func:`split_clips`) -> audio in memory."""
+    data = config.data
+    manifest = config.resolve(data.manifest)
+    parts_clips, excluded_clips = split_clips(config)
     cache = FeatureCache(
         config.resolve(data.cache_dir) if data.cache_dir else None, config.features
     )
@@ -358,7 +369,7 @@ def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
         "manifest": str(manifest),
         "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
         "excluded_licenses": list(data.exclude_licenses),
-        "excluded_clips": len(clips) - len(kept),
+        "excluded_clips": excluded_clips,
         "sources": sorted({c.clip.source or "?" for p in parts.values() for c in p}),
         "licenses": sorted({c.clip.license or "?" for p in parts.values() for c in p}),
         "clip_counts": {
