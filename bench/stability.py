@@ -673,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
             note=note,
         )
         del events, backgrounds  # the plan holds what the stream needs
-        log.info("%s; %.2f h, probes at %s s", note, args.hours, plan.probe_starts)
+        log.info(
+            "%s; %.2f h, probes at %s s", note, args.hours, [b / rate for b in plan.probe_starts]
+        )
         result = run_stability(model, config, plan)
     except EdgeDetectError as exc:
         print(f"error: {exc}", file=sys.stderr)
