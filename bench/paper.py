@@ -2,24 +2,40 @@
 
 For every ratio and seed one training subset is drawn (paired seeds: every method trains on the
 same clips with the same weight seed), every method is trained with the same network, epochs
-and preset, and the best-on-validation model is scored on the fixed, group-split test set:
-per-class error e_c = 1 - recall_c, overall error = mean of e_c (class-balanced) and the mean
-weighted by the training ratio ("with the training skew"), per-class ROC-AUC. The relative
-reduction against the baseline, (e_base - e_method) / e_base averaged over seeds, gets a 95%
-bootstrap interval that resamples test *recordings* (groups), not clips.
+and preset, and the best-on-validation model is scored on the fixed, group-split test set in two
+conditions:
 
-Usage (the full protocol; a reduced one is --seeds 2 --epochs 8)::
+- **clean**: the test clips as recorded;
+- **mixtures**: every test event clip mixed into test-split background recordings (disjoint from
+  the training backgrounds) at event-to-background ratios of +20, +10 and 0 dB, measured over
+  the event's *active* frames (:func:`edge_detect.streams.active_span`); one mixture per (event
+  clip, ratio), built with a fixed seed, identical for every method and seed. The background
+  test clips stay in, clean, as the background class.
+
+Per condition: per-class error e_c = 1 - recall_c, overall error = mean of e_c (class-balanced)
+and the mean weighted by the training ratio ("with the training skew"); threshold-free per-class
+ROC-AUC, average precision and equal error rate (one class against the rest on the clip
+probabilities). The relative reduction against the baseline, (e_base - e_method) / e_base per
+paired seed and averaged over seeds, gets a 95% bootstrap interval that resamples test
+*recordings* (groups, stratified by the classes a group holds so every class stays present), not
+clips. Also the crying shortcut check: baby_cry recall on 8 kHz phone cries vs full-band cries.
+
+Everything is computed from the checkpoints, so ``--reuse`` re-scores finished runs without
+training. Usage (the full protocol; a reduced one is --seeds 2 --epochs 8)::
 
     python bench/paper.py --preset train/configs/default.toml \\
         --ratios 6:1:2:16 2:2:1:26 --methods weighted_ce cluster ce logit_adjusted focal \\
         --seeds 5 --epochs 20 --out runs/paper
 
-Prints a Markdown table on stdout; writes every run and results_<ratios>.json under --out.
-``--arch cnn`` trains the clip-level CNN instead of the preset's network (model.kind; or use
-``--preset train/configs/cnn.toml``, the CNN's own preset, with 1.5 s crops)::
+Prints Markdown tables on stdout; writes every run and results_<ratios>.json under --out (or the
+file --results-out names). ``--arch cnn`` trains the clip-level CNN instead of the preset's network
+(model.kind; or use ``--preset train/configs/cnn.toml``, the CNN's own preset, with 1.5 s crops)::
 
-    python bench/paper.py --preset train/configs/cnn.toml --arch cnn --ratios 6:1:2:16 \
+    python bench/paper.py --preset train/configs/cnn.toml --arch cnn --ratios 6:1:2:16 \\
         --seeds 3 --epochs 8 --out runs/paper_cnn
+
+``--table FILE...`` only formats results files (e.g. both ratios) into the tables for
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,87 +45,574 @@ import json
 import logging
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(CHECKOUT))
+
+from edge_detect.errors import CheckpointError, DatasetError, EdgeDetectError  # noqa: E402
+from edge_detect.streams import active_span, rms_db  # noqa: E402
+
 BOOTSTRAP = 1000
+"""Bootstrap resamples of the test groups for the 95% interval."""
+BOOTSTRAP_SEED = 0
+MIX_RATIOS_DB = (20.0, 10.0, 0.0)
+"""Event-to-background ratios of the mixture condition, in dB over the event's active frames."""
+MIX_SEED = 2026
+"""Seed of the mixtures (which background and where); the same for every method and seed."""
+MIN_BED_DB = -60.0
+"""Background recordings quieter than this (RMS, dBFS) are not used as mixture beds: setting a
+ratio over near-silence would amplify their noise floor by tens of dB."""
+FULL_SCALE_PEAK = 0.99
+"""A mixture whose peak exceeds full scale is scaled down to this peak (the ratio is unchanged)."""
 log = logging.getLogger("bench.paper")
+
+
+# ---------------------------------------------------------------- metrics
 
 
 def _errors(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Per-class error 1 - recall, shape (C,); NaN for a class absent from the sample."""
+    support = np.bincount(targets, minlength=num_classes).astype(float)
+    correct = np.bincount(targets[preds == targets], minlength=num_classes)
     out = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        sel = targets == c
-        if sel.any():
-            out[c] = 1.0 - float((preds[sel] == c).mean())
+    present = support > 0
+    out[present] = 1.0 - correct[present] / support[present]
     return out
 
 
-def _run(preset: Path, ratio: list[int], method: str, seed: int, args: argparse.Namespace) -> Any:
-    sys.path.insert(0, str(CHECKOUT))
-    from train.config import load_config
-    from train.trainer import train
-
-    name = "-".join(map(str, ratio))
-    overrides: dict[str, Any] = {
-        "data": {"train_ratio": ratio, "subset_seed": seed},
-        "optim": {
-            "method": method,
-            "seed": seed,
-            "epochs": args.epochs,
-            "embed_epochs": max(1, args.epochs // 3),
-            "background_per_epoch": 0,
-            "plot_every": args.epochs,
-        },
-    }
-    if args.arch:
-        overrides["model"] = {"kind": args.arch}
-    config = load_config(preset, overrides)
-    out = args.out / name / method / f"seed{seed}"
-    if args.reuse and (out / "checkpoint.pt").is_file():
-        reused = _reuse(out / "checkpoint.pt", config)
-        if reused is not None:
-            return reused
-    return train(config, progress=False, out_dir=out)
+def average_precision(scores: npt.ArrayLike, positive: npt.ArrayLike) -> float:
+    """Average precision of ``scores`` (N,) for the boolean ``positive`` (N,): the sum over
+    distinct thresholds of (recall step) x precision, as scikit-learn defines it (no
+    interpolation). NaN without positives."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos = int(pos.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, pos = s[order], pos[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(pos)[last]
+    precision = tp / (last + 1)
+    recall_step = np.diff(np.r_[0, tp]) / n_pos
+    return float(np.sum(recall_step * precision))
 
 
-def _reuse(path: Path, config: Any) -> Any:
-    """The finished run at ``path`` scored again on the test set, if it used this config."""
-    from train.checkpoint import load_checkpoint, model_from_checkpoint
-    from train.config import TrainConfig
-    from train.trainer import RunResult, clip_scores, evaluate_clips, load_dataset
+def equal_error_rate(scores: npt.ArrayLike, positive: npt.ArrayLike) -> float:
+    """The rate where false positives (among negatives) equal misses (among positives), on the
+    ROC curve through every distinct threshold, linearly interpolated between its points.
+    NaN when one side is empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, pos = s[order], pos[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.r_[0, np.cumsum(pos)[last]]
+    fp = np.r_[0, np.cumsum(~pos)[last]]
+    fpr, fnr = fp / n_neg, 1.0 - tp / n_pos  # fpr rises from 0, fnr falls to 0
+    gap = fnr - fpr  # from 1 down to -1, never increasing
+    k = int(np.flatnonzero(gap <= 0)[0])
+    if gap[k] == 0 or k == 0:
+        return float(fpr[k])
+    t = gap[k - 1] / (gap[k - 1] - gap[k])  # where the straight segment crosses gap = 0
+    return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
 
-    saved = load_checkpoint(path)
-    # Through from_dict so that keys added since (with their defaults) do not count as changes.
-    if TrainConfig.from_dict(saved["train_config"]).to_dict() != config.to_dict():
-        log.info("%s was trained with another config: training again", path)
+
+def _threshold_free(
+    targets: np.ndarray, probs: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
+    """Per-class ROC-AUC, average precision and equal error rate, one class against the rest."""
+    from train.trainer import _auc  # the trainer's rank AUC (ties averaged)
+
+    out = {"auc": np.full(num_classes, np.nan), "ap": np.full(num_classes, np.nan)}
+    out["eer"] = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        positive = targets == c
+        out["auc"][c] = _auc(probs[:, c], positive)
+        out["ap"][c] = average_precision(probs[:, c], positive)
+        out["eer"][c] = equal_error_rate(probs[:, c], positive)
+    return out
+
+
+def _relative(base: np.ndarray, method: np.ndarray) -> float | None:
+    """Mean over paired seeds of (e_base - e_method) / e_base, over the seeds where e_base > 0.
+
+    None when the baseline made no error in any seed: a reduction of zero errors is undefined
+    (not 0, not infinite), and saying so beats averaging an empty slice.
+    """
+    defined = base > 0
+    if not defined.any():
         return None
-    model, _ = model_from_checkpoint(saved)
-    data = load_dataset(config)
-    test = data.parts["test"]
-    metrics = dict(saved["metrics"])
-    metrics["test"] = {"clip": evaluate_clips(model, test, config, data.labels)[0]}
-    probs, _, _ = clip_scores(model, test, config)
-    clips = [
-        {
-            "group": item.clip.group,
-            "source": item.clip.source,
-            "target": item.target,
-            "pred": int(p.argmax()),
-            "probs": [round(float(v), 5) for v in p],
-        }
-        for item, p in zip(test, probs, strict=True)
+    return float(np.mean((base[defined] - method[defined]) / base[defined]))
+
+
+# ---------------------------------------------------------------- mixtures
+
+
+@dataclass
+class Mixtures:
+    """The mixture condition's test items: mixed events, then the clean background clips."""
+
+    items: list[Any]
+    """ClipAudio items (the trainer's), events mixed, backgrounds clean."""
+    ratio_db: np.ndarray
+    """(N,) the event-to-background ratio of each item in dB; NaN for a clean background."""
+    names: list[str]
+    """The test clips they were built from, to check that every run sees the same test split."""
+    beds: int
+    """Background recordings used as beds."""
+
+
+def mix_events(
+    test_items: Sequence[Any],
+    background_index: int,
+    sample_rate_hz: int,
+    *,
+    ratios_db: Sequence[float] = MIX_RATIOS_DB,
+    seed: int = MIX_SEED,
+) -> Mixtures:
+    """Every test event clip mixed into test-split background at each of ``ratios_db``.
+
+    Each event gets one bed (test background recordings in a seeded order, joined when one is
+    shorter than the event), the same at every ratio, so ratios differ only in level. The bed is
+    scaled so that the event's RMS over its active frames exceeds the bed's RMS over the same
+    samples by the ratio; the event keeps its own level (and its active frames, over which the
+    clip score is averaged, as for the clean clip). A mixture that would clip is scaled down.
+    """
+    from train.trainer import ClipAudio
+
+    names = [str(item.clip.path) for item in test_items]
+    beds = [
+        item.audio
+        for item in test_items
+        if item.target == background_index and rms_db(item.audio) >= MIN_BED_DB
     ]
-    log.info("reusing %s", path)
-    return RunResult(path.parent, path, metrics, clips)
+    events = [item for item in test_items if item.target != background_index]
+    if not beds:
+        raise DatasetError(
+            f"the mixture condition needs test background recordings louder than {MIN_BED_DB} "
+            f"dBFS; the test split has {len(test_items) - len(events)} background clips and "
+            "none is. Raise data.test_fraction or check the manifest's background clips"
+        )
+    mixed: list[Any] = []
+    ratio_of: list[float] = []
+    for i, event in enumerate(events):
+        rng = np.random.default_rng([seed, i])
+        audio = event.audio.astype(np.float64)
+        parts, filled = [], 0
+        for k in rng.permutation(len(beds)):
+            offset = int(rng.integers(0, max(1, len(beds[k]) - (len(audio) - filled))))
+            parts.append(beds[k][offset:])
+            filled += len(beds[k]) - offset
+            if filled >= len(audio):
+                break
+        bed = np.concatenate(parts)[: len(audio)].astype(np.float64)
+        bed = np.pad(bed, (0, len(audio) - len(bed)))  # all beds together shorter: silence
+        start, end, event_db = active_span(event.audio, sample_rate_hz)
+        bed_db = rms_db(bed[start:end])
+        for ratio in ratios_db:
+            mix = audio + bed * 10 ** ((event_db - ratio - bed_db) / 20)
+            peak = float(np.abs(mix).max())
+            if peak > 1.0:
+                mix *= FULL_SCALE_PEAK / peak
+            mixed.append(
+                ClipAudio(
+                    event.clip,
+                    event.target,
+                    mix.astype(np.float32),
+                    event.active,
+                    event.frame_power,
+                )
+            )
+            ratio_of.append(float(ratio))
+    backgrounds = [item for item in test_items if item.target == background_index]
+    return Mixtures(
+        mixed + backgrounds,
+        np.asarray(ratio_of + [np.nan] * len(backgrounds)),
+        names,
+        len(beds),
+    )
+
+
+# ---------------------------------------------------------------- scoring a run
+
+
+@dataclass
+class Scored:
+    """One run's clip probabilities on a test condition (items in a fixed order)."""
+
+    groups: np.ndarray  # (N,) source recording of each item
+    targets: np.ndarray  # (N,) int
+    probs: np.ndarray  # (N, C)
+    ratio_db: np.ndarray  # (N,) NaN for clean items
+
+
+def _score_items(model: Any, items: Sequence[Any], config: Any, ratio_db: np.ndarray) -> Scored:
+    from train.trainer import clip_scores
+
+    probs, _, targets = clip_scores(model, items, config)
+    return Scored(np.asarray([i.clip.group for i in items]), targets, probs, ratio_db)
+
+
+class _Runner:
+    """Trains or reuses each run, and scores its checkpoint in both test conditions."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._data_key: str | None = None
+        self._data: Any = None
+        self.mixtures: Mixtures | None = None
+
+    def dataset(self, config: Any) -> Any:
+        """The loaded dataset of ``config`` (methods of one seed share it; one kept at a time)."""
+        from train.trainer import load_dataset
+
+        whole = config.to_dict()
+        key = json.dumps([whole["data"], whole["features"]], sort_keys=True)
+        if key != self._data_key:
+            self._data, self._data_key = None, None  # free the previous one first
+            self._data, self._data_key = load_dataset(config), key
+            test = self._data.parts["test"]
+            names = [str(item.clip.path) for item in test]
+            if self.mixtures is None:
+                self.mixtures = mix_events(
+                    test, self._data.background_index, config.features.sample_rate_hz
+                )
+                log.info(
+                    "mixtures: %d event mixtures at %s dB on %d test background recordings",
+                    len(self.mixtures.items) - sum(np.isnan(self.mixtures.ratio_db)),
+                    ", ".join(map(_db, MIX_RATIOS_DB)),
+                    self.mixtures.beds,
+                )
+            elif names != self.mixtures.names:
+                raise DatasetError(
+                    "the test split changed between runs of one comparison; every run must use "
+                    "the same data.split_seed, val_fraction and test_fraction"
+                )
+        return self._data
+
+    def run(self, preset: Path, ratio: list[int], method: str, seed: int) -> dict[str, Any]:
+        from train.checkpoint import load_checkpoint, model_from_checkpoint
+        from train.config import TrainConfig, load_config
+        from train.trainer import _band_check, train
+
+        args = self.args
+        overrides: dict[str, Any] = {
+            "data": {"train_ratio": ratio, "subset_seed": seed},
+            "optim": {
+                "method": method,
+                "seed": seed,
+                "epochs": args.epochs,
+                "embed_epochs": max(1, args.epochs // 3),
+                "background_per_epoch": 0,
+                "plot_every": args.epochs,
+            },
+        }
+        if args.arch:
+            overrides["model"] = {"kind": args.arch}
+        config = load_config(preset, overrides)
+        path = args.out / "-".join(map(str, ratio)) / method / f"seed{seed}" / "checkpoint.pt"
+        saved = load_checkpoint(path) if args.reuse and path.is_file() else None
+        # Through from_dict so that keys added since (with their defaults) do not count as changes.
+        if saved is not None and (
+            TrainConfig.from_dict(saved["train_config"]).to_dict() != config.to_dict()
+        ):
+            log.info("%s was trained with another config", path)
+            saved = None
+        if saved is None:
+            if args.score_only:
+                raise CheckpointError(
+                    f"--score-only: no finished run of this config at {path}; let the "
+                    "comparison finish, or drop --score-only to train it"
+                )
+            train(config, progress=False, out_dir=path.parent)
+            saved = load_checkpoint(path)
+        else:
+            log.info("reusing %s", path)
+        model, _ = model_from_checkpoint(saved)
+        data = self.dataset(config)
+        assert self.mixtures is not None
+        test = data.parts["test"]
+        return {
+            "clean": _score_items(model, test, config, np.full(len(test), np.nan)),
+            "mixtures": _score_items(model, self.mixtures.items, config, self.mixtures.ratio_db),
+            "band_check": _band_check(model, data, config),
+            "val_mean_error": saved["metrics"]["val"]["clip"]["mean_error"],
+            "best_epoch": saved["metrics"]["best_epoch"],
+        }
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def _db(ratio_db: float) -> str:
+    """A ratio as the tables name it: "+20", "+10", "0", "-5"."""
+    return "0" if ratio_db == 0 else f"{ratio_db:+.0f}"
+
+
+def _bootstrap_samples(groups: np.ndarray, targets: np.ndarray, count: int, seed: int) -> list:
+    """Item indices of ``count`` resamples of the groups, stratified by the set of classes a
+    group holds, so that every class is present in every resample."""
+    strata: dict[tuple[int, ...], list[np.ndarray]] = defaultdict(list)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        strata[tuple(np.unique(targets[members]))].append(members)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(count):
+        chosen = [
+            stratum[j]
+            for stratum in strata.values()
+            for j in rng.integers(0, len(stratum), len(stratum))
+        ]
+        samples.append(np.concatenate(chosen))
+    return samples
+
+
+def _condition(
+    scored: dict[str, list[Scored]], ratio: list[int], labels: list[str], baseline: str
+) -> dict[str, Any]:
+    """Errors, threshold-free metrics and relative reductions of every method on one condition."""
+    num_classes = len(labels)
+    first = scored[baseline][0]
+    for runs in scored.values():
+        for run in runs:
+            if not (
+                np.array_equal(run.targets, first.targets)
+                and np.array_equal(run.groups, first.groups)
+            ):
+                raise DatasetError("runs of one comparison were scored on different test items")
+    targets, groups = first.targets, first.groups
+    skew = np.asarray(ratio, dtype=float) / sum(ratio)
+    samples = _bootstrap_samples(groups, targets, BOOTSTRAP, BOOTSTRAP_SEED)
+    preds = {m: [run.probs.argmax(1) for run in runs] for m, runs in scored.items()}
+
+    def seed_errors(method: str, idx: np.ndarray | None = None) -> np.ndarray:  # (S, C)
+        sel = slice(None) if idx is None else idx
+        return np.stack([_errors(targets[sel], p[sel], num_classes) for p in preds[method]])
+
+    base = seed_errors(baseline)
+    base_boot = [seed_errors(baseline, idx).mean(1) for idx in samples]
+    ratios = sorted({float(r) for r in first.ratio_db if not np.isnan(r)}, reverse=True)
+    summary: dict[str, Any] = {}
+    for method, runs in scored.items():
+        per_seed = seed_errors(method)
+        free = [_threshold_free(targets, run.probs, num_classes) for run in runs]
+        entry: dict[str, Any] = {
+            "per_class_error_mean": dict(
+                zip(labels, per_seed.mean(0).round(4).tolist(), strict=True)
+            ),
+            "overall_error_mean": float(per_seed.mean(1).mean()),
+            "overall_error_per_seed": per_seed.mean(1).round(4).tolist(),
+            "skewed_error_mean": float((per_seed * skew).sum(1).mean()),
+        }
+        for name in ("auc", "ap", "eer"):
+            values = np.stack([f[name] for f in free]).mean(0)
+            entry[f"{name}_mean"] = dict(zip(labels, values.round(4).tolist(), strict=True))
+        if ratios:  # events at one ratio, with the clean backgrounds
+            entry["overall_error_by_ratio"] = {}
+            for r in ratios:
+                idx = np.flatnonzero((first.ratio_db == r) | np.isnan(first.ratio_db))
+                entry["overall_error_by_ratio"][_db(r)] = float(
+                    seed_errors(method, idx).mean(1).mean()
+                )
+        if method != baseline:
+            boot = [
+                _relative(eb, seed_errors(method, idx).mean(1))
+                for eb, idx in zip(base_boot, samples, strict=True)
+            ]
+            defined = [b for b in boot if b is not None]
+            rel = _relative(base.mean(1), per_seed.mean(1))
+            entry["relative_reduction"] = {
+                "mean": rel,
+                "ci95": (
+                    [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))]
+                    if defined
+                    else None
+                ),
+                "seeds_won": int((per_seed.mean(1) < base.mean(1)).sum()),
+                "per_class_mean": {
+                    label: _relative(base[:, c], per_seed[:, c]) for c, label in enumerate(labels)
+                },
+            }
+        summary[method] = entry
+    summary["test_items"] = {label: int((targets == i).sum()) for i, label in enumerate(labels)}
+    summary["test_groups"] = len(np.unique(groups))
+    return summary
+
+
+def _band_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean baby_cry recall over seeds, 8 kHz (band-limited) vs full-band held-out cries."""
+    out: dict[str, Any] = {}
+    for kind in ("band_limited", "full_band"):
+        checks = [r["band_check"][kind] for r in runs if kind in r["band_check"]]
+        if checks:
+            recalls = [c["recall"] for c in checks]
+            out[kind] = {
+                "clips": checks[0]["clips"],
+                "recall_mean": float(np.mean(recalls)),
+                "recall_per_seed": [round(r, 4) for r in recalls],
+            }
+    return out
+
+
+def _summarise(
+    runs: dict[str, list[dict[str, Any]]], ratio: list[int], labels: list[str], baseline: str
+) -> dict[str, Any]:
+    return {
+        condition: _condition(
+            {m: [r[condition] for r in method_runs] for m, method_runs in runs.items()},
+            ratio,
+            labels,
+            baseline,
+        )
+        for condition in ("clean", "mixtures")
+    } | {"band_check": {m: _band_summary(method_runs) for m, method_runs in runs.items()}}
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _num(value: Any, spec: str = ".3f") -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and np.isnan(value))
+        else (format(value, spec))
+    )
+
+
+def _rel_text(rel: dict[str, Any] | None) -> str:
+    if not rel:
+        return "baseline"
+    if rel["mean"] is None:
+        return "undefined (baseline error 0)"
+    ci = rel.get("ci95")
+    interval = f" [{100 * ci[0]:+.0f}, {100 * ci[1]:+.0f}]" if ci else " [n/a]"
+    return f"{100 * rel['mean']:+.0f}%{interval}"
+
+
+def _mean_over_classes(entry: dict[str, Any], key: str) -> float | None:
+    values = [v for v in (entry.get(key) or {}).values() if v is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def format_tables(results_list: Sequence[dict[str, Any]]) -> str:
+    """Markdown for BENCHMARKS.md from one or more results files of one comparison (e.g. one
+    per ratio): the clean table, the mixture table and the crying shortcut lines.
+
+    Files written before the mixture condition existed give the clean table only (no AP/EER).
+    """
+    first = results_list[0]
+    meta = _meta(first)
+    labels, methods, baseline = meta["labels"], meta["methods"], meta["baseline"]
+    ratios: dict[str, dict[str, Any]] = {}
+    wall = 0.0
+    for results in results_list:
+        if _meta(results)["labels"] != labels:
+            raise DatasetError("results files of different label sets cannot share one table")
+        wall += results.get("wall_time_s", 0.0)
+        for ratio, summary in results["ratios"].items():
+            ratios[ratio] = summary if "clean" in summary else {"clean": summary}
+    lines = [
+        f"{meta['arch'].upper()}, {meta['seeds']} paired seeds, {meta['epochs']} epochs, "
+        f"preset {meta['preset']}, wall time {wall / 60:.1f} min"
+    ]
+    errs_head = " | ".join(f"e({label})" for label in labels)
+    for condition, title in (("clean", "Clean test clips"), ("mixtures", "Mixtures")):
+        present = {r: s[condition] for r, s in ratios.items() if condition in s}
+        if not present:
+            continue
+        any_summary = next(iter(present.values()))
+        base_entry = any_summary[baseline]
+        by_ratio = list(base_entry.get("overall_error_by_ratio", {}))
+        counts = ", ".join(f"{k} {v}" for k, v in any_summary.get("test_items", {}).items())
+        lines += ["", f"{title} ({counts}; {any_summary.get('test_groups')} groups)"]
+        if condition == "mixtures":
+            lines[-1] = lines[-1][:-1] + (
+                f"; events at {', '.join(by_ratio)} dB over their active frames, backgrounds clean)"
+            )
+        ratio_head = "".join(f" {r} dB |" for r in by_ratio)
+        lines.append(
+            f"| ratio | method | {errs_head} | overall | skewed |{ratio_head} AUC | AP | EER | "
+            f"vs {baseline} [95% CI] | seeds won |"
+        )
+        lines.append("|---|---|" + "---:|" * (len(labels) + 7 + len(by_ratio)))
+        for ratio, summary in present.items():
+            for method in methods:
+                entry = summary[method]
+                errs = " | ".join(_num(entry["per_class_error_mean"][lab]) for lab in labels)
+                by = "".join(f" {_num(entry['overall_error_by_ratio'][r])} |" for r in by_ratio)
+                free = " | ".join(
+                    _num(_mean_over_classes(entry, f"{name}_mean")) for name in ("auc", "ap", "eer")
+                )
+                rel = entry.get("relative_reduction")
+                won = f"{rel['seeds_won']}/{len(entry['overall_error_per_seed'])}" if rel else ""
+                lines.append(
+                    f"| {ratio} | {method} | {errs} | {_num(entry['overall_error_mean'])} | "
+                    f"{_num(entry['skewed_error_mean'])} |{by} {free} | {_rel_text(rel)} | {won} |"
+                )
+    for ratio, summary in ratios.items():
+        band = summary.get("band_check")
+        if not band:
+            continue
+        parts = []
+        counts = ""
+        for method in methods:
+            check = band.get(method, {})
+            limited, full = check.get("band_limited"), check.get("full_band")
+            if limited and full:
+                counts = f"{limited['clips']} 8 kHz / {full['clips']} full-band held-out cries"
+            parts.append(
+                f"{method} {_num(limited and limited['recall_mean'], '.2f')} / "
+                f"{_num(full and full['recall_mean'], '.2f')}"
+            )
+        lines += [
+            "",
+            f"Crying shortcut at {ratio} (baby_cry recall, 8 kHz / full-band, mean over seeds; "
+            f"{counts}): " + "; ".join(parts),
+        ]
+    return "\n".join(lines)
+
+
+def _meta(results: dict[str, Any]) -> dict[str, Any]:
+    """Labels, methods and settings of a results file (older files: from their args)."""
+    args = results.get("args", {})
+    first = next(iter(results["ratios"].values()))
+    clean = first.get("clean", first)
+    methods = results.get("methods") or [
+        m for m in clean if isinstance(clean[m], dict) and ("per_class_error_mean" in clean[m])
+    ]
+    baseline = results.get("baseline") or args.get("baseline", methods[0])
+    return {
+        "labels": results.get("labels") or list(clean[baseline]["per_class_error_mean"]),
+        "methods": methods,
+        "baseline": baseline,
+        "arch": results.get("arch", "lstm"),
+        "seeds": results.get("seeds", args.get("seeds", "?")),
+        "epochs": results.get("epochs", args.get("epochs", "?")),
+        "preset": results.get("preset", Path(args.get("preset", "?")).name),
+    }
+
+
+# ---------------------------------------------------------------- command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--preset", type=Path, default=CHECKOUT / "train/configs/default.toml")
     parser.add_argument("--ratios", nargs="+", default=["6:1:2:16", "2:2:1:26"])
     parser.add_argument(
@@ -129,152 +632,113 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse",
         action="store_true",
         help="score finished runs of the same config in --out instead of training them again "
-        "(to add seeds or methods to an earlier comparison)",
+        "(to add seeds, methods or metrics to an earlier comparison)",
     )
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="with --reuse: never train; stop with an error when a run is missing (writes "
+        "nothing under --out except the results file)",
+    )
+    parser.add_argument(
+        "--results-out",
+        type=Path,
+        default=None,
+        help="where to write the results JSON (default: --out/results_<ratios>.json)",
+    )
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only print the Markdown tables of these results files (e.g. one per ratio)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("train.trainer").setLevel(logging.WARNING)
-    if args.baseline not in args.methods:
-        parser.error(f"--baseline {args.baseline} must be one of --methods")
-    started = time.monotonic()
-    sys.path.insert(0, str(CHECKOUT))
+    try:
+        if args.table:
+            print(format_tables([_read_results(p) for p in args.table]))
+            return 0
+        if args.baseline not in args.methods:
+            parser.error(f"--baseline {args.baseline} must be one of --methods")
+        if args.score_only and not args.reuse:
+            parser.error("--score-only scores finished runs: add --reuse")
+        results = _compare(args)
+    except EdgeDetectError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_tables([results]))
+    return 0
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DatasetError(f"cannot read results file {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not JSON ({exc}); pass a results_<ratio>.json") from None
+    if not isinstance(results, dict) or not isinstance(results.get("ratios"), dict):
+        raise DatasetError(
+            f"{path} is not a bench/paper.py results file (no 'ratios' object); "
+            "pass a results_<ratio>.json written by this script"
+        )
+    return results
+
+
+def _compare(args: argparse.Namespace) -> dict[str, Any]:
     from train.config import load_config
 
+    started = time.monotonic()
+    preset_config = load_config(args.preset)
+    runner = _Runner(args)
     results: dict[str, Any] = {
         "args": {k: str(v) for k, v in vars(args).items()},
-        "arch": args.arch or load_config(args.preset).model.kind,
+        "arch": args.arch or preset_config.model.kind,
+        "labels": list(preset_config.data.labels),
+        "methods": list(args.methods),
+        "baseline": args.baseline,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "preset": args.preset.name,
+        "mix_ratios_db": list(MIX_RATIOS_DB),
+        "mix_seed": MIX_SEED,
         "ratios": {},
     }
-    labels: list[str] = []
     for ratio_text in args.ratios:
         ratio = [int(x) for x in ratio_text.split(":")]
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
         for seed in range(args.seeds):
             for method in args.methods:
                 t0 = time.monotonic()
-                result = _run(args.preset, ratio, method, seed, args)
-                labels = list(result.metrics["val"]["clip"]["per_class_error"])
-                test = result.metrics["test"]["clip"]
-                runs[method].append(
-                    {
-                        "seed": seed,
-                        "test_per_class_error": test["per_class_error"],
-                        "test_auc": test["auc"],
-                        "val_mean_error": result.metrics["val"]["clip"]["mean_error"],
-                        "best_epoch": result.metrics["best_epoch"],
-                        "clips": result.test_clips,
-                        "train_s": round(time.monotonic() - t0, 1),
-                    }
-                )
+                run = runner.run(args.preset, ratio, method, seed)
+                runs[method].append(run)
+                clean, mixed = run["clean"], run["mixtures"]
                 log.info(
-                    "ratio %s seed %d %s: test mean error %.3f (%.0f s)",
+                    "ratio %s seed %d %s: error clean %.3f, mixtures %.3f (%.0f s)",
                     ratio_text,
                     seed,
                     method,
-                    test["mean_error"],
+                    np.nanmean(
+                        _errors(clean.targets, clean.probs.argmax(1), len(results["labels"]))
+                    ),
+                    np.nanmean(
+                        _errors(mixed.targets, mixed.probs.argmax(1), len(results["labels"]))
+                    ),
                     time.monotonic() - t0,
                 )
-        results["ratios"][ratio_text] = _summarise(runs, ratio, labels, args.baseline)
+        results["ratios"][ratio_text] = _summarise(runs, ratio, results["labels"], args.baseline)
     results["wall_time_s"] = round(time.monotonic() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
     name = "results_" + "_".join(r.replace(":", "-") for r in args.ratios) + ".json"
-    (args.out / name).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    _print_table(results, labels, args)
-    return 0
-
-
-def _summarise(
-    runs: dict[str, list[dict[str, Any]]], ratio: list[int], labels: list[str], baseline: str
-) -> dict[str, Any]:
-    num_classes = len(labels)
-    skew = np.asarray(ratio, dtype=float) / sum(ratio)
-    first = runs[baseline][0]["clips"]
-    groups = np.asarray([c["group"] for c in first])
-    targets = np.asarray([c["target"] for c in first])
-    unique_groups = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in unique_groups}
-    preds = {
-        m: [np.asarray([c["pred"] for c in run["clips"]]) for run in method_runs]
-        for m, method_runs in runs.items()
-    }
-    rng = np.random.default_rng(0)
-    samples = [
-        np.concatenate([members[g] for g in rng.choice(unique_groups, len(unique_groups))])
-        for _ in range(BOOTSTRAP)
-    ]
-    summary: dict[str, Any] = {}
-    for method, method_preds in preds.items():
-        per_seed = np.stack([_errors(targets, p, num_classes) for p in method_preds])  # (S, C)
-        entry: dict[str, Any] = {
-            "per_class_error_mean": dict(
-                zip(labels, per_seed.mean(0).round(4).tolist(), strict=True)
-            ),
-            "overall_error_mean": float(per_seed.mean(1).mean()),
-            "overall_error_per_seed": per_seed.mean(1).round(4).tolist(),
-            "skewed_error_mean": float((per_seed * skew).sum(1).mean()),
-            "auc_mean": {
-                label: float(np.mean([r["test_auc"][label] for r in runs[method]]))
-                for label in labels
-            },
-        }
-        if method != baseline:
-            base = np.stack([_errors(targets, p, num_classes) for p in preds[baseline]])
-            rel = (base.mean(1) - per_seed.mean(1)) / base.mean(1)
-            rel_class = (base - per_seed) / np.where(base > 0, base, np.nan)
-            boot = []
-            for idx in samples:
-                eb = np.nanmean(
-                    np.stack([_errors(targets[idx], p[idx], num_classes) for p in preds[baseline]]),
-                    axis=1,
-                )
-                em = np.nanmean(
-                    np.stack([_errors(targets[idx], p[idx], num_classes) for p in method_preds]),
-                    axis=1,
-                )
-                boot.append(float(np.mean((eb - em) / np.maximum(eb, 1e-12))))
-            entry["relative_reduction"] = {
-                "mean": float(rel.mean()),
-                "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-                "seeds_won": int((rel > 0).sum()),
-                "per_class_mean": dict(
-                    zip(labels, np.nanmean(rel_class, axis=0).round(3).tolist(), strict=True)
-                ),
-            }
-        summary[method] = entry
-    summary["test_clips"] = {label: int((targets == i).sum()) for i, label in enumerate(labels)}
-    summary["test_groups"] = len(unique_groups)
-    return summary
-
-
-def _print_table(results: dict[str, Any], labels: list[str], args: argparse.Namespace) -> None:
-    print(
-        f"{results['arch'].upper()}, {args.seeds} paired seeds, {args.epochs} epochs, "
-        f"preset {args.preset.name}, "
-        f"wall time {results['wall_time_s'] / 60:.1f} min"
-    )
-    head = " | ".join(f"e({label})" for label in labels)
-    print(
-        f"| ratio | method | {head} | overall | skewed | mean AUC | vs {args.baseline} "
-        "[95% CI] | seeds won |"
-    )
-    print("|---|---|" + "---:|" * (len(labels) + 5))
-    for ratio, summary in results["ratios"].items():
-        for method in args.methods:
-            entry = summary[method]
-            errs = " | ".join(f"{entry['per_class_error_mean'][label]:.3f}" for label in labels)
-            auc = np.mean(list(entry["auc_mean"].values()))
-            rel = entry.get("relative_reduction")
-            rel_text = (
-                f"{100 * rel['mean']:+.0f}% [{100 * rel['ci95'][0]:+.0f}, "
-                f"{100 * rel['ci95'][1]:+.0f}]"
-                if rel
-                else "baseline"
-            )
-            won = f"{rel['seeds_won']}/{args.seeds}" if rel else ""
-            print(
-                f"| {ratio} | {method} | {errs} | {entry['overall_error_mean']:.3f} | "
-                f"{entry['skewed_error_mean']:.3f} | {auc:.3f} | {rel_text} | {won} |"
-            )
+    out = args.results_out or args.out / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    log.info("results written to %s", out)
+    return results
 
 
 if __name__ == "__main__":
