@@ -32,6 +32,7 @@ EXIT_USAGE = 2
 RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
     "edge_detect.cli_run",
     "edge_detect.cli_eval",
+    "edge_detect.calibrate",
     "edge_detect.cli_bench",
     "edge_detect.status_cli",
 )
