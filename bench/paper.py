@@ -172,6 +172,9 @@ class Mixtures:
     """The test clips they were built from, to check that every run sees the same test split."""
     beds: int
     """Background recordings used as beds."""
+    clean_index: np.ndarray
+    """(N,) for each item the index of the test clip it *is* (a clean background), -1 for a
+    mixture: the clean clips' scores are taken over instead of computed twice."""
 
 
 def mix_events(
@@ -236,12 +239,13 @@ def mix_events(
                 )
             )
             ratio_of.append(float(ratio))
-    backgrounds = [item for item in test_items if item.target == background_index]
+    backgrounds = [i for i, item in enumerate(test_items) if item.target == background_index]
     return Mixtures(
-        mixed + backgrounds,
+        mixed + [test_items[i] for i in backgrounds],
         np.asarray(ratio_of + [np.nan] * len(backgrounds)),
         names,
         len(beds),
+        np.asarray([-1] * len(mixed) + backgrounds),
     )
 
 
@@ -258,11 +262,11 @@ class Scored:
     ratio_db: np.ndarray  # (N,) NaN for clean items
 
 
-def _score_items(model: Any, items: Sequence[Any], config: Any, ratio_db: np.ndarray) -> Scored:
+def _score_items(model: Any, items: Sequence[Any], config: Any, ratio_db: Any) -> Scored:
     from train.trainer import clip_scores
 
     probs, _, targets = clip_scores(model, items, config)
-    return Scored(np.asarray([i.clip.group for i in items]), targets, probs, ratio_db)
+    return Scored(np.asarray([i.clip.group for i in items]), targets, probs, np.asarray(ratio_db))
 
 
 class _Runner:
@@ -291,7 +295,7 @@ class _Runner:
                 )
                 log.info(
                     "mixtures: %d event mixtures at %s dB on %d test background recordings",
-                    len(self.mixtures.items) - sum(np.isnan(self.mixtures.ratio_db)),
+                    int((self.mixtures.clean_index < 0).sum()),
                     ", ".join(map(_db, MIX_RATIOS_DB)),
                     self.mixtures.beds,
                 )
@@ -343,10 +347,20 @@ class _Runner:
         model, _ = model_from_checkpoint(saved)
         data = self.dataset(config)
         assert self.mixtures is not None
-        test = data.parts["test"]
+        test, mixtures = data.parts["test"], self.mixtures
+        clean = _score_items(model, test, config, np.full(len(test), np.nan))
+        is_mixed = mixtures.clean_index < 0
+        mixed = _score_items(
+            model, [m for m, new in zip(mixtures.items, is_mixed, strict=True) if new], config, []
+        )
+        probs = np.empty((len(mixtures.items), clean.probs.shape[1]), dtype=clean.probs.dtype)
+        probs[is_mixed] = mixed.probs
+        probs[~is_mixed] = clean.probs[mixtures.clean_index[~is_mixed]]
+        groups = np.asarray([item.clip.group for item in mixtures.items])
+        targets = np.asarray([item.target for item in mixtures.items], dtype=np.int64)
         return {
-            "clean": _score_items(model, test, config, np.full(len(test), np.nan)),
-            "mixtures": _score_items(model, self.mixtures.items, config, self.mixtures.ratio_db),
+            "clean": clean,
+            "mixtures": Scored(groups, targets, probs, mixtures.ratio_db),
             "band_check": _band_check(model, data, config),
             "val_mean_error": saved["metrics"]["val"]["clip"]["mean_error"],
             "best_epoch": saved["metrics"]["best_epoch"],
@@ -691,8 +705,11 @@ def _read_results(path: Path) -> dict[str, Any]:
 
 
 def _compare(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from train.config import load_config
 
+    torch.set_num_threads(1)  # scoring; training sets optim.num_threads itself
     started = time.monotonic()
     preset_config = load_config(args.preset)
     runner = _Runner(args)

@@ -108,6 +108,7 @@ def test_mixtures_hit_each_ratio_over_the_active_frames() -> None:
     assert mixtures.beds == 2  # the silent recording is left out
     assert np.array_equal(mixtures.ratio_db[:6], [20, 10, 0, 20, 10, 0])
     assert np.isnan(mixtures.ratio_db[6:]).all() and len(mixtures.items) == 9
+    assert mixtures.clean_index.tolist() == [-1] * 6 + [2, 3, 4]
     for mixed, ratio in zip(mixtures.items[:6], mixtures.ratio_db[:6], strict=True):
         event = items[0] if mixed.target == 0 else items[1]
         start, end, event_db = active_span(event.audio, RATE)
@@ -341,6 +342,9 @@ def test_the_comparison_trains_then_rescores_its_checkpoints_without_training(
     for label in LABELS[:3]:
         assert mixed["test_items"][label] == 3 * clean["test_items"][label] > 0
     assert mixed["test_items"]["background"] == clean["test_items"]["background"]
+    for method in ("weighted_ce", "ce"):  # the clean backgrounds' scores were taken over
+        bg = [s[method]["per_class_error_mean"]["background"] for s in (mixed, clean)]
+        assert bg[0] == bg[1]
     assert set(mixed["ce"]["overall_error_by_ratio"]) == {"+20", "+10", "0"}
     for entry in (clean["ce"], mixed["ce"]):
         for key in ("auc_mean", "ap_mean", "eer_mean"):
