@@ -563,7 +563,7 @@ def format_tables(results_list: Sequence[dict[str, Any]]) -> str:
         )
         lines.append("|---|---|" + "---:|" * (len(labels) + 7 + len(by_ratio)))
         for ratio, summary in present.items():
-            for method in methods:
+            for method in (m for m in methods if m in summary):
                 entry = summary[method]
                 errs = " | ".join(_num(entry["per_class_error_mean"][lab]) for lab in labels)
                 by = "".join(f" {_num(entry['overall_error_by_ratio'][r])} |" for r in by_ratio)
@@ -627,21 +627,41 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", type=Path, default=CHECKOUT / "train/configs/default.toml")
-    parser.add_argument("--ratios", nargs="+", default=["6:1:2:16", "2:2:1:26"])
     parser.add_argument(
-        "--methods", nargs="+", default=["weighted_ce", "cluster", "ce", "logit_adjusted", "focal"]
+        "--preset",
+        type=Path,
+        default=CHECKOUT / "train/configs/default.toml",
+        help="training preset (TOML) every run starts from",
     )
-    parser.add_argument("--baseline", default="weighted_ce")
+    parser.add_argument(
+        "--ratios",
+        nargs="+",
+        default=["6:1:2:16", "2:2:1:26"],
+        help="training class ratios, dog:baby:gunshot:background",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["weighted_ce", "cluster", "ce", "logit_adjusted", "focal"],
+        help="training methods (optim.method) to compare",
+    )
+    parser.add_argument(
+        "--baseline", default="weighted_ce", help="the method relative reductions refer to"
+    )
     parser.add_argument(
         "--arch",
         choices=["lstm", "cnn"],
         default=None,
-        help="network (model.kind); default: the preset's",
+        help="network (model.kind); None: the preset's",
     )
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=CHECKOUT / "runs" / "paper")
+    parser.add_argument("--seeds", type=int, default=5, help="paired seeds (training subsets)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs per run")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=CHECKOUT / "runs" / "paper",
+        help="folder of the runs (<ratio>/<method>/seed<N>/) and the results file",
+    )
     parser.add_argument(
         "--reuse",
         action="store_true",
@@ -651,14 +671,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--score-only",
         action="store_true",
-        help="with --reuse: never train; stop with an error when a run is missing (writes "
-        "nothing under --out except the results file)",
+        help="with --reuse: never train; stop with an error when a run is missing (with "
+        "--results-out, nothing is written under --out)",
     )
     parser.add_argument(
         "--results-out",
         type=Path,
         default=None,
-        help="where to write the results JSON (default: --out/results_<ratios>.json)",
+        help="where to write the results JSON; None: --out/results_<ratios>.json",
     )
     parser.add_argument(
         "--table",
@@ -679,6 +699,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--baseline {args.baseline} must be one of --methods")
         if args.score_only and not args.reuse:
             parser.error("--score-only scores finished runs: add --reuse")
+        for text in args.ratios:
+            parts = text.split(":")
+            if not all(p.isdigit() and int(p) > 0 for p in parts):
+                parser.error(
+                    f"--ratios: expected positive whole numbers like 6:1:2:16, got {text!r}"
+                )
         results = _compare(args)
     except EdgeDetectError as exc:
         if args.debug:

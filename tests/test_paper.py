@@ -373,3 +373,14 @@ def test_the_comparison_trains_then_rescores_its_checkpoints_without_training(
     # the table mode prints what the run printed (but for the wall time)
     assert paper.main(["--table", str(out / "results_1-1-1-2.json")]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == first.splitlines()[1:]
+
+
+def test_a_malformed_ratio_is_refused_before_anything_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        paper.main(["--ratios", "6:1:two:16", "--out", "/nonexistent"])
+    assert stop.value.code == 2
+    assert "expected positive whole numbers like 6:1:2:16, got '6:1:two:16'" in (
+        capsys.readouterr().err
+    )
