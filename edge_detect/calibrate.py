@@ -363,6 +363,13 @@ def calibrate_command(args: argparse.Namespace) -> int:
     )
     log.info("calibrating %s on %d stream(s)", model.model_id, len(streams) + (free is not None))
     scored = score_streams(model, streams, free, config)
+    if free is not None and free.background_s < free.duration_s:
+        log.warning(
+            "the event-free %.1f min repeat %.1f min of distinct background: the false-alarm "
+            "rate holds only for backgrounds like these (more background clips make it surer)",
+            free.duration_s / 60,
+            free.background_s / 60,
+        )
     results, detection = calibrate(model, config, scored, target_per_hour=args.target_fa_per_hour)
     record = calibration_record(
         model,

@@ -682,11 +682,12 @@ def plot_curves(summary: dict[str, Any], path: str | Path) -> None:
         ratios = list(curve["current"]["miss_rate"])
         for index, ratio in enumerate(ratios):
             color = f"C{index}"
-            points = sorted(
+            # in threshold order: a curve traced by the threshold, not sorted by x
+            points = [
                 (max(p["false_alarms_per_hour"], zero), p["miss_rate"][ratio])
                 for p in curve["points"]
                 if p["miss_rate"][ratio] is not None
-            )
+            ]
             if not points:
                 continue
             xs, ys = [x for x, _ in points], [y for _, y in points]

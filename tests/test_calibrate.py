@@ -176,6 +176,7 @@ def test_calibrated_model_loads_with_the_new_settings_and_keeps_to_the_target(co
         "--target-fa-per-hour", "30", "--out", out, "--json", report,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "repeat 0.2 min of distinct background" in result.stderr  # 3 x 4 s of noise
     record = json.loads(report.read_text())
     calibrated = load_model(out)
     assert calibrated.model_id == record["model_id"] != load_model(TINY).model_id
