@@ -712,11 +712,14 @@ def plot_curves(summary: dict[str, Any], path: str | Path) -> None:
         )
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel(f"false alarms per hour ({hours:.2f} h event-free; 0 drawn at {zero:.2g})")
+        ax.set_xlabel(f"false alarms per hour (0 drawn at {zero:.2g})")
         ax.set_ylabel("miss rate")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, title="event-to-background", title_fontsize=8)
-    figure.suptitle(f"{summary['model_id']}: miss rate vs false alarms (threshold sweep)")
+    figure.suptitle(
+        f"{summary['model_id']}: miss rate vs false alarms on {hours:.2f} h event-free "
+        "(threshold_on sweep)"
+    )
     figure.savefig(str(path), dpi=110)
 
 
