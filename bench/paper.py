@@ -550,7 +550,8 @@ def format_tables(results_list: Sequence[dict[str, Any]]) -> str:
         any_summary = next(iter(present.values()))
         base_entry = any_summary[baseline]
         by_ratio = list(base_entry.get("overall_error_by_ratio", {}))
-        counts = ", ".join(f"{k} {v}" for k, v in any_summary.get("test_items", {}).items())
+        items = any_summary.get("test_items") or any_summary.get("test_clips", {})  # older files
+        counts = ", ".join(f"{k} {v}" for k, v in items.items())
         lines += ["", f"{title} ({counts}; {any_summary.get('test_groups')} groups)"]
         if condition == "mixtures":
             lines[-1] = lines[-1][:-1] + (

@@ -251,12 +251,14 @@ def test_table_reads_an_old_clean_only_results_file(tmp_path: Path) -> None:
         "auc_mean": dict.fromkeys(LABELS, 0.9),
     }
     old = {"args": {"preset": "/x/default.toml", "baseline": "weighted_ce", "seeds": "1"}}
-    old["ratios"] = {"2:2:1:26": {"weighted_ce": entry, "test_clips": {}, "test_groups": 3}}
+    clips = {"dog_bark": 4, "baby_cry": 2, "gun_shot": 1, "background": 9}
+    old["ratios"] = {"2:2:1:26": {"weighted_ce": entry, "test_clips": clips, "test_groups": 3}}
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old), encoding="utf-8")
     text = paper.format_tables([paper._read_results(path)])
     assert "| 2:2:1:26 | weighted_ce | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | 0.300 |" in text
     assert "0.900 | n/a | n/a | baseline |" in text and "Mixtures" not in text
+    assert "(dog_bark 4, baby_cry 2, gun_shot 1, background 9; 3 groups)" in text
 
 
 def test_table_of_a_file_that_is_not_results_is_a_clear_error(
