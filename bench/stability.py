@@ -85,6 +85,8 @@ MARK_EVERY_S = 3600.0
 """Memory and state are measured every this many seconds of audio."""
 DEMO_MARGIN_S = 0.25
 """Audio kept around each labeled event of the demo recording (bundled mode), in s."""
+FLOAT_IN_LIST_BYTES = 32
+"""Memory of one float in a Python list: the 24-byte float object and the list's 8-byte slot."""
 PROBE_PEAK = 0.99
 """The probe is scaled down (all of it, lead included) when mixing would exceed this peak."""
 
@@ -360,8 +362,11 @@ class Recorder:
     """Called before every block: takes the hourly marks, switches score keeping on and off
     around the probes (the pipeline's own ``keep_scores``)."""
 
-    def __init__(self, pipeline: Pipeline, plan: Plan, mark_every_s: float) -> None:
+    def __init__(
+        self, pipeline: Pipeline, plan: Plan, mark_every_s: float, drop_block_timings: bool
+    ) -> None:
         self.pipeline = pipeline
+        self.drop_block_timings = drop_block_timings
         self.plan = plan
         self.hop = pipeline.model.feature_config.hop_samples
         self.mark_every = round(mark_every_s * plan.sample_rate_hz)
@@ -397,6 +402,8 @@ class Recorder:
         )
 
     def __call__(self, sample: int) -> None:
+        if self.drop_block_timings:
+            self.pipeline.stats.block_seconds.clear()
         while sample >= self.next_mark:
             self.mark(sample)
             self.next_mark += self.mark_every
@@ -453,19 +460,28 @@ class Recorder:
 
 
 # -- running and reporting ---------------------------------------------------------------------
+def _alert_key(alerts: list[tuple[str, float, float]]) -> tuple[tuple[str, float, float], ...]:
+    """A probe's alerts to the millisecond (their times come from different stream offsets)."""
+    return tuple((name, round(at, 3), score) for name, at, score in alerts)
+
+
 def run_stability(
     model: StreamingModel,
     config: RuntimeConfig,
     plan: Plan,
     *,
     mark_every_s: float = MARK_EVERY_S,
+    drop_block_timings: bool = False,
 ) -> dict[str, Any]:
-    """Run the plan's stream through ``edge-detect run``'s pipeline and compare the probes."""
+    """Run the plan's stream through ``edge-detect run``'s pipeline and compare the probes.
+
+    ``drop_block_timings`` (a diagnostic) empties the pipeline's per-block timing list before
+    every block, to show how much of the memory growth that list is."""
     rate = plan.sample_rate_hz
     windows = [(begin / rate, (begin + len(plan.probe)) / rate) for begin in plan.probe_starts]
     sink = ProbeSink(windows)
     pipeline = build_pipeline(config, model, [sink])
-    recorder = Recorder(pipeline, plan, mark_every_s)
+    recorder = Recorder(pipeline, plan, mark_every_s, drop_block_timings)
     source = PlannedStream(plan, block_ms=config.block_ms, on_block=recorder)
     cpu_start = time.process_time()
     wall_start = time.perf_counter()
@@ -526,11 +542,22 @@ def run_stability(
             "events": [asdict(e) for e in plan.events],
             "clips": plan.clips,
             "entry_state": recorder.entry_state,
+            "resyncs_in_probe_s": [
+                [
+                    round(frame * recorder.hop / rate - begin / rate, 2)
+                    for frame in stats.resync_frames
+                    if begin <= frame * recorder.hop < begin + len(plan.probe)
+                ]
+                for begin in plan.probe_starts
+            ],
         },
         "per_class": per_class,
         "whole_probe_max_abs_diff": float(whole.max()),
         "identical_frames": float(np.mean(np.all(whole == 0, axis=1))),
-        "alerts_in_probes": [[list(a) for a in found] for found in sink.in_probe],
+        "alerts_in_probes": [
+            [[name, round(at, 3), score] for name, at, score in found] for found in sink.in_probe
+        ],
+        "probe_alerts_identical": len({_alert_key(found) for found in sink.in_probe}) == 1,
         "alerts_outside_probes": sink.outside,
         "marks": [asdict(m) for m in recorder.marks],
         "rss_mb": {
@@ -545,6 +572,7 @@ def run_stability(
         "resyncs": stats.resyncs,
         "alerts": stats.alerts,
         "runstats_per_block_entries": len(stats.block_seconds),
+        "dropped_block_timings": drop_block_timings,
         "wall_s": round(wall_s, 1),
         "cpu_s": round(cpu_s, 1),
         "speed_x_realtime_wall": round(audio_s / wall_s, 1),
@@ -597,10 +625,22 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"RSS: first {rss['first']:.1f} MB, max {rss['max']:.1f}, last {rss['last']:.1f}, "
         f"growth {rss['growth']:+.2f} MB ({rss['growth_after_first_hour']:+.2f} after the first "
         f"hour; aim <= 2 MB). Pipeline's per-block timing list: "
-        f"{result['runstats_per_block_entries']} entries.",
+        f"{result['runstats_per_block_entries']} entries "
+        f"(~{result['runstats_per_block_entries'] * FLOAT_IN_LIST_BYTES / 1e6:.1f} MB)"
+        + (
+            " (emptied before every block: diagnostic)." if result["dropped_block_timings"] else "."
+        ),
         f"Largest abs c over the run: {result['max_abs_c_whole_run']:.3f}. Whole probe: max abs "
         f"score diff {result['whole_probe_max_abs_diff']:.2e}, "
-        f"{100 * result['identical_frames']:.1f} % of frames bit-identical.",
+        f"{100 * result['identical_frames']:.1f} % of frames bit-identical. State re-syncs "
+        "inside the probes (s from their start): "
+        + " / ".join(
+            ", ".join(f"{t:g}" for t in times) or "none"
+            for times in result["probe"]["resyncs_in_probe_s"]
+        )
+        + ". Alerts in the probes identical (label, start to the ms, score): "
+        + ("yes" if result["probe_alerts_identical"] else "NO")
+        + f" ({len(result['alerts_in_probes'][0])} / {len(result['alerts_in_probes'][-1])}).",
         f"Time: {result['wall_s']:.0f} s wall ({result['speed_x_realtime_wall']:.0f}x real time), "
         f"{result['cpu_s']:.0f} s CPU ({result['speed_x_realtime_cpu']:.0f}x real time per CPU "
         f"second). Alerts outside the probes (looped bed): {result['alerts_outside_probes']}.",
@@ -634,6 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-resync",
         action="store_true",
         help="diagnostic: disable the state policy (the LSTM runs from one state all the way)",
+    )
+    parser.add_argument(
+        "--drop-block-timings",
+        action="store_true",
+        help="diagnostic: empty the pipeline's per-block timing list (RunStats.block_seconds) "
+        "before every block, to see how much of the memory growth it is",
     )
     parser.add_argument("--debug", action="store_true", help="debug logging")
     return parser
@@ -676,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             "%s; %.2f h, probes at %s s", note, args.hours, [b / rate for b in plan.probe_starts]
         )
-        result = run_stability(model, config, plan)
+        result = run_stability(model, config, plan, drop_block_timings=args.drop_block_timings)
     except EdgeDetectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -122,6 +122,7 @@ def test_short_run_scores_the_same_events_the_same_in_both_probes(short_run):
     # not a comparison of empty windows: the bundled model alerts the planted cry and bark
     assert result["per_class"]["baby_cry"]["alerted_first"] == 1
     assert result["per_class"]["dog_bark"]["alerted_first"] == 1
+    assert result["probe_alerts_identical"]
     assert result["hours"] == SHORT_HOURS
     assert len(plan.probe_starts) == 2
 
@@ -159,6 +160,7 @@ def test_different_audio_in_the_last_probe_shows_as_a_difference(short_run):
     perturbed = Perturbed(**{f: getattr(plan, f) for f in plan.__dataclass_fields__})
     result = stability.run_stability(model, config, perturbed, mark_every_s=3600)
     assert max(row["max_abs_diff"] for row in result["per_class"].values()) > 0.01
+    assert not result["probe_alerts_identical"]  # the noise costs or shifts an alert
 
 
 def test_markdown_and_json_report(short_run):
