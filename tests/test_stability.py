@@ -119,9 +119,10 @@ def test_short_run_scores_the_same_events_the_same_in_both_probes(short_run):
         assert row["median_abs_diff"] <= row["max_abs_diff"]
         assert row["alerted_first"] == row["alerted_last"], label
         np.testing.assert_allclose(row["peak_first"], row["peak_last"], atol=SAME_EVENT_TOLERANCE)
-    # not a comparison of empty windows: the bundled model alerts the planted cry and bark
-    assert result["per_class"]["baby_cry"]["alerted_first"] == 1
-    assert result["per_class"]["dog_bark"]["alerted_first"] == 1
+    # not a comparison of empty windows: planted events are alerted (the cry and the bark with
+    # the bundled models so far; any one keeps the check independent of a retrained model)
+    assert sum(row["alerted_first"] for row in result["per_class"].values()) >= 1
+    assert max(max(row["peak_first"]) for row in result["per_class"].values()) > 0.5
     assert result["probe_alerts_identical"]
     assert result["hours"] == SHORT_HOURS
     assert len(plan.probe_starts) == 2
