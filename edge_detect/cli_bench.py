@@ -27,6 +27,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def onset_latencies(
     return out
 
 
-def _median_ms(values: list[float]) -> float | None:
+def _median_ms(values: Collection[float]) -> float | None:
     return round(1e3 * statistics.median(values), 2) if values else None
 
 

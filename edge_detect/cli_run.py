@@ -182,7 +182,7 @@ def run_command(args: argparse.Namespace) -> int:
             "start-up took %.0f ms; reading %s", 1e3 * (time.perf_counter() - started), source.name
         )
         stats = pipeline.run(source)
-    busy = sum(stats.block_seconds)
+    busy = stats.busy_s
     log.info(
         "done: %.1f s of audio in %d blocks, %d alert(s), %d state re-sync(s); "
         "processing %.2f ms per block",

@@ -103,6 +103,12 @@ class StatePolicy:
             )
 
 
+STATS_WINDOW = 10_000
+"""How many per-block and per-alert entries :class:`RunStats` keeps (the latest ones): a detector
+runs for weeks, and one entry per 100 ms block grew its memory by 28 MB a day
+(``bench/stability.py``)."""
+
+
 @dataclass
 class RunStats:
     """What a run did, for logs, ``eval`` and ``bench``."""
@@ -112,14 +118,17 @@ class RunStats:
     audio_s: float = 0.0
     alerts: int = 0
     resyncs: int = 0
-    resync_frames: list[int] = field(default_factory=list)
-    """Frame index of every state re-synchronisation."""
-    block_seconds: list[float] = field(default_factory=list)
-    """Processing time of every block (features, model, detection, sinks), in s."""
-    alert_latency_s: list[float] = field(default_factory=list)
-    """For every alert: time from the end of the block that completed it to the sink call."""
-    alert_wall: list[float] = field(default_factory=list)
-    """Wall-clock time at which every alert was handed to the sinks."""
+    resync_frames: deque[int] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    """Frame index of the latest state re-synchronisations (the last STATS_WINDOW)."""
+    busy_s: float = 0.0
+    """Total processing time of all blocks, in s."""
+    block_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    """Processing time of the latest blocks (features, model, detection, sinks), in s."""
+    alert_latency_s: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    """For the latest alerts: time from the end of the block that completed it to the sink
+    call."""
+    alert_wall: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    """Wall-clock time at which the latest alerts were handed to the sinks."""
     max_abs_state: float = 0.0
     """Largest |c| seen at a block end (a drift/saturation indicator)."""
     max_lag_s: float = 0.0
@@ -352,7 +361,9 @@ class Pipeline:
                 f"{self.stats.audio_s:.0f} s of audio, {self.stats.alerts} alert(s), "
                 f"{self.stats.resyncs} state re-sync(s)",
             )
-        self.stats.block_seconds.append(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.stats.block_seconds.append(took)
+        self.stats.busy_s += took
         return alerts
 
     def finish(self) -> list[Alert]:

@@ -14,7 +14,7 @@ from conftest import FIXTURES
 from edge_detect.audio import write_wav
 from edge_detect.detect import ClassDetection
 from edge_detect.model import load_model
-from edge_detect.pipeline import Pipeline, StatePolicy
+from edge_detect.pipeline import STATS_WINDOW, Pipeline, StatePolicy
 from edge_detect.sinks import JsonLinesSink
 from edge_detect.sources import Block, WavFileSource
 
@@ -163,3 +163,14 @@ def test_heartbeat_every_n_seconds_of_audio(model):
     pipeline.run(PlantedSource(7.0, []))
     events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
     assert events == ["started", "heartbeat", "heartbeat", "heartbeat", "stopping"]
+
+
+def test_run_stats_stay_bounded_on_an_endless_stream(model):
+    # one timing per block grew a weeks-long detector by 28 MB a day (bench/stability.py); the
+    # stats keep the latest STATS_WINDOW blocks and a running total instead
+    blocks = STATS_WINDOW + 500
+    pipeline = Pipeline(model, [], detection=TONE_DETECTION)
+    stats = pipeline.run(PlantedSource(blocks * 0.01, [], block_ms=10.0))
+    assert stats.blocks == blocks
+    assert len(stats.block_seconds) == STATS_WINDOW
+    assert stats.busy_s > sum(stats.block_seconds) > 0
