@@ -378,6 +378,8 @@ class Recorder:
         self.scores: list[npt.NDArray[np.float32]] = []
         self.entry_state: list[dict[str, float]] = []
         """The LSTM state and the time since the last re-synchronisation at each probe start."""
+        self.resyncs_in_probe_s: list[list[float]] = []
+        """Per probe: when the state was re-synchronised, in s from the probe's start."""
 
     def mark(self, sample: int) -> None:
         state = self.pipeline.model.get_state()
@@ -434,6 +436,17 @@ class Recorder:
 
     def _stop_recording(self) -> None:
         pipeline = self.pipeline
+        assert self.recording is not None
+        begin = self.plan.probe_starts[self.recording]
+        rate = self.plan.sample_rate_hz
+        # read now: RunStats keeps only the latest re-syncs, a week-long run would lose these
+        self.resyncs_in_probe_s.append(
+            [
+                round((frame * self.hop - begin) / rate, 2)
+                for frame in pipeline.stats.resync_frames
+                if begin <= frame * self.hop < begin + len(self.plan.probe)
+            ]
+        )
         pipeline.keep_scores = False
         self.scores.append(np.concatenate(pipeline.scores))
         pipeline.scores.clear()
@@ -542,14 +555,7 @@ def run_stability(
             "events": [asdict(e) for e in plan.events],
             "clips": plan.clips,
             "entry_state": recorder.entry_state,
-            "resyncs_in_probe_s": [
-                [
-                    round(frame * recorder.hop / rate - begin / rate, 2)
-                    for frame in stats.resync_frames
-                    if begin <= frame * recorder.hop < begin + len(plan.probe)
-                ]
-                for begin in plan.probe_starts
-            ],
+            "resyncs_in_probe_s": recorder.resyncs_in_probe_s,
         },
         "per_class": per_class,
         "whole_probe_max_abs_diff": float(whole.max()),

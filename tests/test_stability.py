@@ -126,6 +126,9 @@ def test_short_run_scores_the_same_events_the_same_in_both_probes(short_run):
     assert result["probe_alerts_identical"]
     assert result["hours"] == SHORT_HOURS
     assert len(plan.probe_starts) == 2
+    assert len(result["probe"]["resyncs_in_probe_s"]) == 2
+    for times in result["probe"]["resyncs_in_probe_s"]:
+        assert all(0 <= t < len(plan.probe) / RATE for t in times)
 
 
 def test_short_run_marks_memory_and_state(short_run):
