@@ -690,7 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # force: a handler left by an earlier call (in the same process, e.g. under pytest) may hold
+    # a stream that is closed by now; progress goes to the current stderr
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     logging.getLogger("train.trainer").setLevel(logging.WARNING)
     try:
         if args.table:
