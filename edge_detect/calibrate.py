@@ -62,6 +62,7 @@ __all__ = [
     "register",
     "warn_if_calibrated_on",
     "write_calibrated_model",
+    "write_metadata",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,23 +231,16 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def write_calibrated_model(
-    source: Path, out: Path, detection: dict[str, ClassDetection], record: dict[str, Any]
-) -> None:
-    """Copy the ONNX file ``source`` to ``out`` with its detection metadata replaced and the
-    calibration record added (written to a temporary file, then renamed: never half a model).
-
-    The runtime cannot import ``export/``; this is the few lines of its ``write_metadata``
-    that calibration needs."""
+def write_metadata(source: str | Path, out: str | Path, metadata: dict[str, str]) -> None:
+    """Copy the ONNX file ``source`` to ``out`` (may be the same path) with ``metadata`` merged
+    into its ``metadata_props`` (other keys kept), through a temporary file and a rename: never
+    half a model. Needs the ``onnx`` package; ``export/`` writes its metadata through this too."""
     onnx = _import_onnx()
+    out = Path(out)
     proto = onnx.load(str(source))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    meta[METADATA_KEYS["detection"]] = json.dumps(
-        {label: setting.to_dict() for label, setting in detection.items()}, sort_keys=True
-    )
-    meta[CALIBRATION_KEY] = json.dumps(record, sort_keys=True)
+    kept = {p.key: p.value for p in proto.metadata_props if p.key not in metadata}
     del proto.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in {**kept, **metadata}.items():
         proto.metadata_props.add(key=key, value=value)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
@@ -254,6 +248,24 @@ def write_calibrated_model(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_calibrated_model(
+    source: Path, out: Path, detection: dict[str, ClassDetection], record: dict[str, Any]
+) -> None:
+    """Copy the ONNX file ``source`` to ``out`` with its detection metadata replaced and the
+    calibration record added."""
+    detection_json = json.dumps(
+        {label: setting.to_dict() for label, setting in detection.items()}, sort_keys=True
+    )
+    write_metadata(
+        source,
+        out,
+        {
+            METADATA_KEYS["detection"]: detection_json,
+            CALIBRATION_KEY: json.dumps(record, sort_keys=True),
+        },
+    )
 
 
 def model_calibration(model: StreamingModel) -> dict[str, Any] | None:

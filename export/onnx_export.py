@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import nn
 
-from edge_detect import __version__
+from edge_detect import __version__, calibrate
 from edge_detect.detect import ClassDetection
 from edge_detect.errors import CheckpointError, ModelError
 from edge_detect.features import FeatureConfig
@@ -149,12 +149,7 @@ def build_metadata(
 
 def write_metadata(path: str | Path, metadata: dict[str, str]) -> None:
     """Replace the metadata of the ONNX file at ``path`` (keeps keys not in ``metadata``)."""
-    proto = onnx.load(str(path))
-    kept = {p.key: p.value for p in proto.metadata_props if p.key not in metadata}
-    del proto.metadata_props[:]
-    for key, value in {**kept, **metadata}.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
+    calibrate.write_metadata(path, path, metadata)
 
 
 def export_model(
