@@ -51,6 +51,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 import numpy as np
 import numpy.typing as npt
 
@@ -325,6 +330,8 @@ class _Runner:
         }
         if args.arch:
             overrides["model"] = {"kind": args.arch}
+        for section, key, value in args.set:
+            overrides.setdefault(section, {})[key] = value
         config = load_config(preset, overrides)
         path = args.out / "-".join(map(str, ratio)) / method / f"seed{seed}" / "checkpoint.pt"
         saved = load_checkpoint(path) if args.reuse and path.is_file() else None
@@ -658,6 +665,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="paired seeds (training subsets)")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs per run")
     parser.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one preset key for every method (a TOML value, e.g. optim.lr=0.001); "
+        "repeatable; for the equal hyper-parameter search, with its own --out",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=CHECKOUT / "runs" / "paper",
@@ -731,6 +747,21 @@ def _read_results(path: Path) -> dict[str, Any]:
             "pass a results_<ratio>.json written by this script"
         )
     return results
+
+
+def _setting(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` (value in TOML syntax) -> (section, key, value)."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the value must be TOML (a number, true/false, or a quoted string)"
+        ) from None
+    return section, key, value
 
 
 def _compare(args: argparse.Namespace) -> dict[str, Any]:

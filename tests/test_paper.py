@@ -386,3 +386,20 @@ def test_a_malformed_ratio_is_refused_before_anything_runs(
     assert "expected positive whole numbers like 6:1:2:16, got '6:1:two:16'" in (
         capsys.readouterr().err
     )
+
+
+def test_set_overrides_a_preset_key_for_every_method(tiny_preset: Path, tmp_path: Path) -> None:
+    # the equal hyper-parameter search: one --set, its own --out, every method trained with it
+    out = tmp_path / "search"
+    args = ["--preset", str(tiny_preset), "--ratios", "1:1:1:2", "--seeds", "1", "--epochs", "1"]
+    args += ["--methods", "weighted_ce", "ce", "--set", "optim.lr=0.002", "--out", str(out)]
+    assert paper.main(args) == 0
+    for method in ("weighted_ce", "ce"):
+        saved = torch.load(out / "1-1-1-2" / method / "seed0" / "checkpoint.pt", weights_only=False)
+        assert saved["train_config"]["optim"]["lr"] == 0.002
+
+
+@pytest.mark.parametrize("text", ["optim.lr", "lr=0.1", "optim.lr=fast"])
+def test_set_refuses_what_is_not_section_key_toml_value(text: str) -> None:
+    with pytest.raises(SystemExit):
+        paper.main(["--set", text, "--table", "unused.json"])
