@@ -704,6 +704,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RESULTS_JSON",
         help="only print the Markdown tables of these results files (e.g. one per ratio)",
     )
+    parser.add_argument(
+        "--val-table",
+        nargs="+",
+        type=Path,
+        metavar="OUT_DIR",
+        help="only print the validation mean per-class error of every ratio and method in these "
+        "--out folders side by side (the hyper-parameter search's choice; never the test set)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     # force: a handler left by an earlier call (in the same process, e.g. under pytest) may hold
@@ -713,6 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.table:
             print(format_tables([_read_results(p) for p in args.table]))
+            return 0
+        if args.val_table:
+            print(format_val_table(args.val_table))
             return 0
         if args.baseline not in args.methods:
             parser.error(f"--baseline {args.baseline} must be one of --methods")
@@ -747,6 +758,45 @@ def _read_results(path: Path) -> dict[str, Any]:
             "pass a results_<ratio>.json written by this script"
         )
     return results
+
+
+def format_val_table(out_dirs: Sequence[Path]) -> str:
+    """Markdown: per ratio and method, the validation mean per-class error (best epoch) in each
+    ``--out`` folder, one column per folder, averaged over the seeds that every folder holding
+    that ratio and method has run (a search on seed 0 compares with seed 0 of the full run); the
+    lowest per row in bold. What a hyper-parameter search chooses by: the test set never enters."""
+    found: dict[tuple[str, str], dict[int, dict[str, float]]] = defaultdict(dict)
+    for column, out in enumerate(out_dirs):
+        for metrics in sorted(Path(out).glob("*/*/seed*/metrics.json")):
+            seed_dir = metrics.parent
+            method_dir = seed_dir.parent
+            data = json.loads(metrics.read_text(encoding="utf-8"))
+            runs = found[(method_dir.parent.name, method_dir.name)].setdefault(column, {})
+            runs[seed_dir.name] = float(data["val"]["clip"]["mean_error"])
+    if not found:
+        raise DatasetError(
+            f"no finished runs (*/METHOD/seedN/metrics.json) under {[str(d) for d in out_dirs]}"
+        )
+    lines = [
+        "| ratio | method | seeds | " + " | ".join(str(d) for d in out_dirs) + " |",
+        "|---|---|---|" + "---:|" * len(out_dirs),
+    ]
+    for (ratio, method), columns in sorted(found.items()):
+        seeds = sorted(set.intersection(*(set(runs) for runs in columns.values())))
+        means = {c: float(np.mean([runs[s] for s in seeds])) for c, runs in columns.items()}
+        best = min(means.values()) if seeds else None
+        cells = []
+        for c in range(len(out_dirs)):
+            if c not in means or not seeds:
+                cells.append("-")
+            else:
+                cells.append(f"**{means[c]:.3f}**" if means[c] == best else f"{means[c]:.3f}")
+        lines.append(
+            f"| {ratio.replace('-', ':')} | {method} | {', '.join(seeds) or 'none in common'} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def _setting(text: str) -> tuple[str, str, Any]:

@@ -403,3 +403,24 @@ def test_set_overrides_a_preset_key_for_every_method(tiny_preset: Path, tmp_path
 def test_set_refuses_what_is_not_section_key_toml_value(text: str) -> None:
     with pytest.raises(SystemExit):
         paper.main(["--set", text, "--table", "unused.json"])
+
+
+def _val_run(out: Path, method: str, seed: int, error: float) -> None:
+    path = out / "6-1-2-16" / method / f"seed{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"val": {"clip": {"mean_error": error}}}), encoding="utf-8")
+
+
+def test_val_table_compares_search_folders_on_their_common_seeds(tmp_path: Path) -> None:
+    full, search = tmp_path / "full", tmp_path / "search"
+    for seed, error in enumerate([0.30, 0.10, 0.10]):  # seed 0 is the full run's worst
+        _val_run(full, "cluster", seed, error)
+    _val_run(search, "cluster", 0, 0.20)
+    _val_run(full, "ce", 0, 0.5)
+    table = paper.format_val_table([search, full])
+    rows = {line.split(" | ")[1]: line for line in table.splitlines()[2:]}
+    # seed 0 only: the search (0.200) beats the full run's seed 0 (0.300), not its mean (0.167)
+    assert rows["cluster"] == "| 6:1:2:16 | cluster | seed0 | **0.200** | 0.300 |"
+    assert rows["ce"] == "| 6:1:2:16 | ce | seed0 | - | **0.500** |"
+    with pytest.raises(DatasetError, match="no finished runs"):
+        paper.format_val_table([tmp_path / "empty"])
