@@ -40,11 +40,11 @@ from edge_detect.cli_eval import (
     ScoredStreams,
     _checked_stream_args,
     add_stream_arguments,
-    build_streams,
     lowest_threshold,
     operating_point,
     read_manifest,
     score_streams,
+    streams_from_args,
     with_threshold,
 )
 from edge_detect.config import RuntimeConfig, load_config
@@ -366,13 +366,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
             f"manifest {manifest} has no background clips (labels the model does not know, or "
             f"'{BACKGROUND}'): calibration needs event-free audio for false alarms per hour"
         )
-    streams, free, mapped = build_streams(
-        model,
-        rows,
-        ratios_db=args.snr_db,
-        background_minutes=args.background_minutes,
-        seed=args.seed,
-    )
+    streams, free, mapped = streams_from_args(model, rows, args)
     log.info("calibrating %s on %d stream(s)", model.model_id, len(streams) + (free is not None))
     scored = score_streams(model, streams, free, config)
     if free is not None and free.background_s < free.duration_s:

@@ -723,6 +723,19 @@ def plot_curves(summary: dict[str, Any], path: str | Path) -> None:
     figure.savefig(str(path), dpi=110)
 
 
+def streams_from_args(
+    model: StreamingModel, rows: list[tuple[Path, str]], args: argparse.Namespace
+) -> tuple[list[TestStream], TestStream | None, list[str]]:
+    """:func:`build_streams` with the options of :func:`add_stream_arguments`."""
+    return build_streams(
+        model,
+        rows,
+        ratios_db=args.snr_db,
+        background_minutes=args.background_minutes,
+        seed=args.seed,
+    )
+
+
 def _checked_stream_args(args: argparse.Namespace) -> None:
     if args.background_minutes < 0:
         raise ConfigError(f"--background-minutes must be >= 0, got {args.background_minutes}")
@@ -740,13 +753,7 @@ def eval_stream_command(args: argparse.Namespace) -> int:
     from edge_detect.calibrate import warn_if_calibrated_on
 
     warn_if_calibrated_on(model, args.manifest)
-    streams, free, mapped = build_streams(
-        model,
-        rows,
-        ratios_db=args.snr_db,
-        background_minutes=args.background_minutes,
-        seed=args.seed,
-    )
+    streams, free, mapped = streams_from_args(model, rows, args)
     log.info("evaluating %s on %d stream(s)", model.model_id, len(streams) + (free is not None))
     summary = evaluate_streams(model, streams, free, config)
     summary["seed"] = args.seed
