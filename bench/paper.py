@@ -330,8 +330,9 @@ class _Runner:
         }
         if args.arch:
             overrides["model"] = {"kind": args.arch}
-        for section, key, value in args.set:
-            overrides.setdefault(section, {})[key] = value
+        for scope, section, key, value in args.set:
+            if scope is None or scope == method:
+                overrides.setdefault(section, {})[key] = value
         config = load_config(preset, overrides)
         path = args.out / "-".join(map(str, ratio)) / method / f"seed{seed}" / "checkpoint.pt"
         saved = load_checkpoint(path) if args.reuse and path.is_file() else None
@@ -549,6 +550,17 @@ def format_tables(results_list: Sequence[dict[str, Any]]) -> str:
         f"{meta['arch'].upper()}, {meta['seeds']} paired seeds, {meta['epochs']} epochs, "
         f"preset {meta['preset']}, wall time {wall / 60:.1f} min"
     ]
+    for results in results_list:
+        changed = {m: v for m, v in results.get("settings", {}).items() if v}
+        if changed:
+            where = ", ".join(results["ratios"])
+            lines.append(
+                f"Overrides at {where} (methods not named: the preset's): "
+                + "; ".join(
+                    f"{m} " + ", ".join(f"{k}={v}" for k, v in v.items())
+                    for m, v in changed.items()
+                )
+            )
     errs_head = " | ".join(f"e({label})" for label in labels)
     for condition, title in (("clean", "Clean test clips"), ("mixtures", "Mixtures")):
         present = {r: s[condition] for r, s in ratios.items() if condition in s}
@@ -669,9 +681,10 @@ def main(argv: list[str] | None = None) -> int:
         type=_setting,
         action="append",
         default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one preset key for every method (a TOML value, e.g. optim.lr=0.001); "
-        "repeatable; for the equal hyper-parameter search, with its own --out",
+        metavar="[METHOD:]SECTION.KEY=VALUE",
+        help="override one preset key for every method (a TOML value, e.g. optim.lr=0.001), "
+        "or for one method only (cluster:optim.lr=0.01: each method at the setting the search "
+        "chose for it); repeatable; for the hyper-parameter search, with its own --out",
     )
     parser.add_argument(
         "--out",
@@ -729,6 +742,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--baseline {args.baseline} must be one of --methods")
         if args.score_only and not args.reuse:
             parser.error("--score-only scores finished runs: add --reuse")
+        for scope, section, key, _ in args.set:
+            if scope is not None and scope not in args.methods:
+                parser.error(
+                    f"--set {scope}:{section}.{key}: {scope!r} is not one of --methods "
+                    f"({', '.join(args.methods)})"
+                )
         for text in args.ratios:
             parts = text.split(":")
             if not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -799,19 +818,33 @@ def format_val_table(out_dirs: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
-def _setting(text: str) -> tuple[str, str, Any]:
-    """``section.key=value`` (value in TOML syntax) -> (section, key, value)."""
+def _setting(text: str) -> tuple[str | None, str, str, Any]:
+    """``[method:]section.key=value`` (value in TOML syntax) -> (method or None, section, key,
+    value); with a method, the override applies to that method's runs only."""
     name, sep, raw = text.partition("=")
+    scope, colon, name = name.strip().rpartition(":")
     section, dot, key = name.strip().partition(".")
-    if not sep or not dot or not section or not key:
-        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    if not sep or not dot or not section or not key or (colon and not scope.strip()):
+        raise argparse.ArgumentTypeError(f"expected [METHOD:]SECTION.KEY=VALUE, got {text!r}")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         raise argparse.ArgumentTypeError(
             f"{text!r}: the value must be TOML (a number, true/false, or a quoted string)"
         ) from None
-    return section, key, value
+    return scope.strip() or None, section, key, value
+
+
+def settings_by_method(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per method, the ``--set`` overrides its runs were trained with (``section.key``: value)."""
+    return {
+        method: {
+            f"{section}.{key}": value
+            for scope, section, key, value in args.set
+            if scope is None or scope == method
+        }
+        for method in args.methods
+    }
 
 
 def _compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -832,6 +865,7 @@ def _compare(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": args.seeds,
         "epochs": args.epochs,
         "preset": args.preset.name,
+        "settings": settings_by_method(args),
         "mix_ratios_db": list(MIX_RATIOS_DB),
         "mix_seed": MIX_SEED,
         "ratios": {},

@@ -399,7 +399,34 @@ def test_set_overrides_a_preset_key_for_every_method(tiny_preset: Path, tmp_path
         assert saved["train_config"]["optim"]["lr"] == 0.002
 
 
-@pytest.mark.parametrize("text", ["optim.lr", "lr=0.1", "optim.lr=fast"])
+def test_set_for_one_method_leaves_the_others_at_the_preset(
+    tiny_preset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # each method at the setting the search chose for it; the baseline keeps the preset's lr
+    out = tmp_path / "chosen"
+    args = ["--preset", str(tiny_preset), "--ratios", "1:1:1:2", "--seeds", "1", "--epochs", "1"]
+    args += ["--methods", "weighted_ce", "ce", "--set", "ce:optim.lr=0.002", "--out", str(out)]
+    assert paper.main(args) == 0
+    lrs = {}
+    for method in ("weighted_ce", "ce"):
+        path = out / "1-1-1-2" / method / "seed0" / "checkpoint.pt"
+        lrs[method] = torch.load(path, weights_only=False)["train_config"]["optim"]["lr"]
+    assert lrs == {"weighted_ce": 0.01, "ce": 0.002}
+    results = json.loads((out / "results_1-1-1-2.json").read_text(encoding="utf-8"))
+    assert results["settings"] == {"weighted_ce": {}, "ce": {"optim.lr": 0.002}}
+    assert "Overrides at 1:1:1:2 (methods not named: the preset's): ce optim.lr=0.002" in (
+        capsys.readouterr().out
+    )
+
+
+def test_set_for_a_method_not_compared_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        paper.main(["--methods", "weighted_ce", "ce", "--set", "clustr:optim.lr=0.01"])
+    assert stop.value.code == 2
+    assert "'clustr' is not one of --methods (weighted_ce, ce)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["optim.lr", "lr=0.1", "optim.lr=fast", ":optim.lr=0.1"])
 def test_set_refuses_what_is_not_section_key_toml_value(text: str) -> None:
     with pytest.raises(SystemExit):
         paper.main(["--set", text, "--table", "unused.json"])
