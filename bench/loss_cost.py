@@ -81,9 +81,7 @@ def _case(method: str, n: int, repeats: int, seed: int) -> dict[str, float]:
         "median_ms": 1000.0 * statistics.median(times[1:]),
         "peak_rss_increase_mb": max(0.0, peak_mb),
         "state_mb": state_floats * 4 / 2**20,
-        "comparisons_per_embedding": (
-            loss_fn.num_clusters if method == "centroid" else float(n)  # type: ignore[possibly-undefined]
-        ),
+        "comparisons_per_embedding": (loss_fn.num_clusters if method == "centroid" else float(n)),
     }
 
 

@@ -88,7 +88,8 @@ def _validation_clips(
     """Clips for the int8 metric check and a sentence saying where they came from."""
     from train.datasets import load_manifest, take_evenly
 
-    data = checkpoint.get("data") if isinstance(checkpoint.get("data"), dict) else {}
+    data = checkpoint.get("data")
+    data = data if isinstance(data, dict) else {}
     manifest = args.manifest
     if manifest is None and data.get("manifest"):
         named = Path(str(data["manifest"]))

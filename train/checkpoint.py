@@ -26,7 +26,7 @@ import torch
 
 from edge_detect.errors import CheckpointError
 from edge_detect.features import FeatureConfig
-from train.models import ModelConfig, build_model
+from train.models import ModelConfig, Network, build_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -93,7 +93,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def model_from_checkpoint(data: dict[str, Any]) -> tuple[torch.nn.Module, FeatureConfig]:
+def model_from_checkpoint(data: dict[str, Any]) -> tuple[Network, FeatureConfig]:
     """Rebuild the network (in eval mode) and its feature config from a loaded checkpoint."""
     try:
         model_config = ModelConfig(**data["model_config"])

@@ -10,6 +10,7 @@ follow from ``data.labels`` and ``features.n_mels``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ from edge_detect.features import FeatureConfig
 from train.losses import BASELINE_METHODS
 from train.models import ModelConfig
 
-try:  # Python 3.11+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [

@@ -16,7 +16,7 @@ from torch import nn
 
 from edge_detect.errors import ConfigError
 
-__all__ = ["CNNClassifier", "ModelConfig", "StreamingLSTM", "build_model"]
+__all__ = ["CNNClassifier", "ModelConfig", "Network", "StreamingLSTM", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class ModelConfig:
 class FeatureNorm(nn.Module):
     """Per-band standardisation with statistics of the training set, kept inside the model so
     that the exported graph takes raw log-mel frames."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, n_mels: int) -> None:
         super().__init__()
@@ -149,6 +152,9 @@ class CNNClassifier(nn.Module):
         return self.classifier(self.dropout(self.embed(features)))
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+Network = StreamingLSTM | CNNClassifier
+
+
+def build_model(config: ModelConfig) -> Network:
     """The network that ``config.kind`` names."""
     return StreamingLSTM(config) if config.kind == "lstm" else CNNClassifier(config)

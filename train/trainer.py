@@ -761,6 +761,7 @@ def train(
     torch.manual_seed(opt.seed)
     model = build_model(config.model)
     assert isinstance(model, (StreamingLSTM, CNNClassifier))
+    stream_model = model if isinstance(model, StreamingLSTM) else None  # None: clip level
     mean, std, frame_counts = _feature_stats(
         builder, min(300, len(train_items)), opt.seed, len(labels)
     )
@@ -908,8 +909,10 @@ def train(
             "val_clip_per_class_error": clip_metrics["per_class_error"],
         }
         score = clip_metrics["mean_error"]
-        if not clip_level:
-            stream_metrics, _ = evaluate_stream(model, val_sequences, val_owner, labels, bg, config)
+        if stream_model is not None:
+            stream_metrics, _ = evaluate_stream(
+                stream_model, val_sequences, val_owner, labels, bg, config
+            )
             score = 0.5 * (clip_metrics["mean_error"] + stream_metrics["mean_error"])
             record["val_frame_error"] = stream_metrics["mean_error"]
         record["val_score"] = score
@@ -989,17 +992,17 @@ def train(
         "band_check": _band_check(model, data, config),
     }
     extra: dict[str, Any] = {}
-    if not clip_level:  # detection thresholds come from the frame scores of the stream
+    if stream_model is not None:  # detection thresholds come from the frame scores of the stream
         stream_val, extra["detection"] = evaluate_stream(
-            model, val_sequences, val_owner, labels, bg, config
+            stream_model, val_sequences, val_owner, labels, bg, config
         )
         metrics["val"]["stream"] = stream_val
     test_items = data.parts["test"]
     test_clips: list[dict[str, Any]] = []
-    if test_items and clip_level:
+    if test_items and stream_model is None:
         clip_test, _, _ = evaluate_clips(model, test_items, config, labels)
         metrics["test"] = {"clip": clip_test}
-    elif test_items:
+    elif test_items and stream_model is not None:
         test_bgs = [c for c in test_items if c.target == bg] or val_backgrounds
         test_builder = SequenceBuilder(config, test_items, test_bgs, bg)
         test_rng = np.random.default_rng(VAL_SEQUENCE_SEED + 1)
@@ -1008,7 +1011,7 @@ def train(
         ]
         clip_test, _, _ = evaluate_clips(model, test_items, config, labels)
         stream_test, _ = evaluate_stream(
-            model, test_sequences, [c.target for c in test_items], labels, bg, config
+            stream_model, test_sequences, [c.target for c in test_items], labels, bg, config
         )
         metrics["test"] = {"clip": clip_test, "stream": stream_test}
     if test_items:
