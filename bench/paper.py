@@ -36,6 +36,16 @@ file --results-out names). ``--arch cnn`` trains the clip-level CNN instead of t
 
 ``--table FILE...`` only formats results files (e.g. both ratios) into the tables for
 BENCHMARKS.md.
+
+The equal hyper-parameter search: every method gets the same grid, one ``--out`` per grid point
+(``--set optim.lr=0.001``), and ``--val-table`` shows the validation error side by side (the
+test set never chooses). The comparison at the chosen settings then names each method's own
+(``--set cluster:optim.lr=0.01``; methods not named keep the preset's), one ratio per call when
+the choice differs by ratio; ``--reuse`` takes over runs of the same config (e.g. symlinked from
+the search)::
+
+    python bench/paper.py --ratios 2:2:1:26 --seeds 5 --epochs 10 --reuse --out runs/tuned \
+        --set cluster:optim.lr=0.01 --set ce:optim.lr=0.01 --set logit_adjusted:optim.lr=0.001
 """
 
 from __future__ import annotations
