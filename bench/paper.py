@@ -340,9 +340,8 @@ class _Runner:
         }
         if args.arch:
             overrides["model"] = {"kind": args.arch}
-        for scope, section, key, value in args.set:
-            if scope is None or scope == method:
-                overrides.setdefault(section, {})[key] = value
+        for section, key, value in _sets_for(args, method):
+            overrides.setdefault(section, {})[key] = value
         config = load_config(preset, overrides)
         path = args.out / "-".join(map(str, ratio)) / method / f"seed{seed}" / "checkpoint.pt"
         saved = load_checkpoint(path) if args.reuse and path.is_file() else None
@@ -567,8 +566,8 @@ def format_tables(results_list: Sequence[dict[str, Any]]) -> str:
             lines.append(
                 f"Overrides at {where} (methods not named: the preset's): "
                 + "; ".join(
-                    f"{m} " + ", ".join(f"{k}={v}" for k, v in v.items())
-                    for m, v in changed.items()
+                    f"{method} " + ", ".join(f"{key}={value}" for key, value in sets.items())
+                    for method, sets in changed.items()
                 )
             )
     errs_head = " | ".join(f"e({label})" for label in labels)
@@ -845,15 +844,15 @@ def _setting(text: str) -> tuple[str | None, str, str, Any]:
     return scope.strip() or None, section, key, value
 
 
+def _sets_for(args: argparse.Namespace, method: str) -> list[tuple[str, str, Any]]:
+    """The ``--set`` overrides that apply to ``method``: (section, key, value)."""
+    return [(s, k, v) for scope, s, k, v in args.set if scope is None or scope == method]
+
+
 def settings_by_method(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Per method, the ``--set`` overrides its runs were trained with (``section.key``: value)."""
     return {
-        method: {
-            f"{section}.{key}": value
-            for scope, section, key, value in args.set
-            if scope is None or scope == method
-        }
-        for method in args.methods
+        method: {f"{s}.{k}": v for s, k, v in _sets_for(args, method)} for method in args.methods
     }
 
 

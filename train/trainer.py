@@ -54,7 +54,7 @@ from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.datasets import Clip, filter_clips, load_manifest, split_by_group
 from train.losses import ClusterCentroidLoss, check_finite, classification_loss
-from train.models import CNNClassifier, StreamingLSTM, build_model
+from train.models import CNNClassifier, Network, StreamingLSTM, build_model
 
 __all__ = [
     "IGNORE",
@@ -69,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Model = StreamingLSTM | CNNClassifier
 
 IGNORE = -100
 """Frame target that no loss sees (quiet frames inside a weakly labelled event, padding)."""
@@ -445,7 +444,7 @@ def _per_class(
 
 @torch.no_grad()
 def evaluate_clips(
-    model: Model, items: Sequence[ClipAudio], config: TrainConfig, labels: Sequence[str]
+    model: Network, items: Sequence[ClipAudio], config: TrainConfig, labels: Sequence[str]
 ) -> tuple[dict[str, Any], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Each clip alone from a zero state; clip score = mean frame probability over active frames
     (the CNN: its score of the whole clip, padded to at least one training crop).
@@ -460,7 +459,7 @@ def evaluate_clips(
 
 @torch.no_grad()
 def clip_scores(
-    model: Model, items: Sequence[ClipAudio], config: TrainConfig
+    model: Network, items: Sequence[ClipAudio], config: TrainConfig
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Clip probabilities (N, C), clip embeddings (N, E) and targets (N,) (see evaluate_clips)."""
     model.eval()
@@ -662,7 +661,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _optimiser(model: Model, config: TrainConfig, stage: int) -> torch.optim.Optimizer:
+def _optimiser(model: Network, config: TrainConfig, stage: int) -> torch.optim.Optimizer:
     opt = config.optim
     encoder = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
     head = list(model.classifier.parameters())
@@ -695,7 +694,7 @@ class _EmbedAndClassify(torch.nn.Module):
     """One forward that returns embeddings and logits, so DistributedDataParallel sees every
     parameter used by the loss (its gradient hooks need the wrapper's forward)."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Network) -> None:
         super().__init__()
         self.model = model
 
@@ -737,7 +736,6 @@ def train(
     time_limit_s : stop after the epoch that passes this wall time (the best epoch is kept).
     """
     opt = config.optim
-    clip_level = config.model.kind == "cnn"
     torch.set_num_threads(opt.num_threads)
     rank, world = _distributed()
     run_dir = out_dir or config.resolve(opt.out_dir)
@@ -760,8 +758,8 @@ def train(
 
     torch.manual_seed(opt.seed)
     model = build_model(config.model)
-    assert isinstance(model, (StreamingLSTM, CNNClassifier))
-    stream_model = model if isinstance(model, StreamingLSTM) else None  # None: clip level
+    stream_model = model if isinstance(model, StreamingLSTM) else None  # None: the clip-level CNN
+    clip_level = stream_model is None
     mean, std, frame_counts = _feature_stats(
         builder, min(300, len(train_items)), opt.seed, len(labels)
     )
@@ -999,7 +997,7 @@ def train(
         metrics["val"]["stream"] = stream_val
     test_items = data.parts["test"]
     test_clips: list[dict[str, Any]] = []
-    if test_items and stream_model is None:
+    if test_items and clip_level:
         clip_test, _, _ = evaluate_clips(model, test_items, config, labels)
         metrics["test"] = {"clip": clip_test}
     elif test_items and stream_model is not None:
@@ -1067,7 +1065,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
-def _band_check(model: Model, data: Dataset, config: TrainConfig) -> dict[str, Any]:
+def _band_check(model: Network, data: Dataset, config: TrainConfig) -> dict[str, Any]:
     """Recall of held-out cries by bandwidth: 8 kHz phone recordings vs full-band ones.
 
     The corpus marks band-limited sources in its ``notes`` ("no content above 4 kHz").
@@ -1159,7 +1157,7 @@ def _drain(reservoir: dict[int, list[torch.Tensor]]) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def _warm_embeddings(
-    model: Model, builder: SequenceBuilder, opt: Any, batches: int
+    model: Network, builder: SequenceBuilder, opt: Any, batches: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame embeddings of a few batches, for the first k-means (every class included)."""
     rng = np.random.default_rng([opt.seed, 7])
