@@ -25,200 +25,29 @@ manifest a model was calibrated on: never tune on the test stream. Writing ONNX 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import math
 import os
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edge_detect.cli_eval import (
-    BACKGROUND,
-    OperatingPoint,
-    ScoredStreams,
-    _checked_stream_args,
-    add_stream_arguments,
-    lowest_threshold,
-    operating_point,
-    read_manifest,
-    score_streams,
-    streams_from_args,
-    with_threshold,
-)
-from edge_detect.config import RuntimeConfig, load_config
+from edge_detect.cli_eval import add_stream_arguments, check_stream_args, streams_from_args
+from edge_detect.config import load_config
 from edge_detect.detect import ClassDetection
 from edge_detect.errors import ConfigError, DatasetError, MissingExtraError, ModelError
-from edge_detect.model import METADATA_KEYS, StreamingModel, load_model
+from edge_detect.model import METADATA_KEYS, load_model
+from edge_detect.operating import CALIBRATION_KEY, calibrate, calibration_record
+from edge_detect.scoring import score_streams
+from edge_detect.streams import BACKGROUND, read_manifest
 
 __all__ = [
-    "CALIBRATION_KEY",
-    "CONFIRM_MS_GRID",
-    "SMOOTHING_MS_GRID",
-    "ClassCalibration",
-    "calibrate",
-    "calibration_record",
+    "format_calibration_table",
     "register",
-    "warn_if_calibrated_on",
     "write_calibrated_model",
     "write_metadata",
 ]
 
 log = logging.getLogger(__name__)
-
-CALIBRATION_KEY = "edge_detect.calibration"
-"""ONNX metadata key of the calibration record (JSON); the loader ignores it."""
-CONFIRM_MS_GRID = (50.0, 100.0, 200.0)
-"""confirm_ms values tried per class (with the model's own), in ms."""
-SMOOTHING_MS_GRID = (100.0, 250.0, 500.0)
-"""smoothing_ms values tried per class (with the model's own), in ms."""
-
-
-@dataclass(frozen=True)
-class ClassCalibration:
-    """The setting chosen for one class and what it does on the validation streams."""
-
-    label: str
-    chosen: OperatingPoint
-    met: bool
-    """False: no setting kept to the target (the fewest false alarms, at threshold_on 1.0)."""
-    tried: int
-    """Settings compared (grid points)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        point = self.chosen
-        return {
-            "met": self.met,
-            "setting": point.setting.to_dict(),
-            "val_false_alarms": point.false_alarms,
-            "val_false_alarms_per_hour": round(point.false_alarms_per_hour, 3),
-            "val_events": sum(point.events.values()),
-            "val_miss_rate": point.pooled_miss_rate,
-            "val_miss_rate_per_ratio": point.miss_rate,
-            "val_onset_to_alert_median_s": (
-                None if point.latency_s is None else round(point.latency_s, 3)
-            ),
-            "settings_tried": self.tried,
-        }
-
-
-def _grid(values: tuple[float, ...], own: float) -> list[float]:
-    return sorted({*values, own})
-
-
-def _rank(point: OperatingPoint) -> tuple[float, ...]:
-    """Fewer misses, then a quicker alert, then a lower threshold (and shorter settings)."""
-    latency = math.inf if point.latency_s is None else point.latency_s
-    s = point.setting
-    return (point.total_misses, latency, s.threshold_on, s.confirm_ms, s.smoothing_ms)
-
-
-def calibrate_class(
-    scored: ScoredStreams,
-    column: int,
-    label: str,
-    base: ClassDetection,
-    hop_ms: float,
-    *,
-    target_per_hour: float,
-) -> ClassCalibration:
-    """Search :data:`CONFIRM_MS_GRID` x :data:`SMOOTHING_MS_GRID` (and ``base``'s own values),
-    each at its lowest threshold meeting the target (:func:`~edge_detect.cli_eval.
-    lowest_threshold`, the code ``eval stream`` reports the miss rate at a target with)."""
-    if scored.free is None:
-        raise DatasetError("calibration needs an event-free stream (--background-minutes > 0)")
-    free_scores = scored.free[2][:, column]
-    points = []
-    for smoothing_ms in _grid(SMOOTHING_MS_GRID, base.smoothing_ms):
-        for confirm_ms in _grid(CONFIRM_MS_GRID, base.confirm_ms):
-            candidate = replace(base, smoothing_ms=smoothing_ms, confirm_ms=confirm_ms)
-            threshold = lowest_threshold(
-                free_scores,
-                label,
-                candidate,
-                hop_ms,
-                free_hours=scored.free_hours,
-                target_per_hour=target_per_hour,
-            )
-            setting = with_threshold(candidate, threshold)
-            points.append(operating_point(scored, column, label, setting, hop_ms))
-    meeting = [p for p in points if p.false_alarms_per_hour <= target_per_hour]
-    if meeting:
-        return ClassCalibration(label, min(meeting, key=_rank), True, len(points))
-    fewest = min(points, key=lambda p: (p.false_alarms, *_rank(p)))
-    return ClassCalibration(label, fewest, False, len(points))
-
-
-def calibrate(
-    model: StreamingModel,
-    config: RuntimeConfig,
-    scored: ScoredStreams,
-    *,
-    target_per_hour: float,
-) -> tuple[dict[str, ClassCalibration], dict[str, ClassDetection]]:
-    """Per event class: the chosen setting; and the model's full detection table with them
-    (``background`` and any other disabled class as they were)."""
-    if not target_per_hour > 0:
-        raise ConfigError(
-            f"--target-fa-per-hour must be > 0, got {target_per_hour}; 0 false alarms cannot "
-            "be shown on a finite stream (try 0.5)"
-        )
-    settings = config.detection_for(model.detection)
-    hop_ms = model.feature_config.hop_ms
-    results = {}
-    detection = dict(settings)
-    for column, label in enumerate(model.labels):
-        if label == BACKGROUND or not settings[label].enabled:
-            continue
-        result = calibrate_class(
-            scored, column, label, settings[label], hop_ms, target_per_hour=target_per_hour
-        )
-        if not result.met:
-            log.warning(
-                "%s: no setting keeps to %g false alarms per hour on the validation stream "
-                "(fewest: %d in %.2f h at threshold_on 1.0); kept enabled at threshold 1.0",
-                label,
-                target_per_hour,
-                result.chosen.false_alarms,
-                scored.free_hours,
-            )
-        results[label] = result
-        detection[label] = result.chosen.setting
-    return results, detection
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def calibration_record(
-    model: StreamingModel,
-    results: dict[str, ClassCalibration],
-    scored: ScoredStreams,
-    *,
-    target_per_hour: float,
-    manifest: Path,
-    seed: int,
-) -> dict[str, Any]:
-    """The ``edge_detect.calibration`` metadata entry (also the ``--json`` output)."""
-    free = scored.free
-    return {
-        "target_false_alarms_per_hour": target_per_hour,
-        "manifest": manifest.name,
-        "manifest_sha256": _sha256(manifest),
-        "seed": seed,
-        "ratios_db": [stream.ratio_db for stream, _, _ in scored.events],
-        "event_free_hours": round(scored.free_hours, 4),
-        "background_distinct_minutes": round(free[0].background_s / 60, 2) if free else 0.0,
-        "source_model_sha256": model.sha256,
-        "grid": {"confirm_ms": list(CONFIRM_MS_GRID), "smoothing_ms": list(SMOOTHING_MS_GRID)},
-        "classes": {label: result.to_dict() for label, result in results.items()},
-    }
 
 
 def _import_onnx() -> Any:
@@ -268,35 +97,6 @@ def write_calibrated_model(
     )
 
 
-def model_calibration(model: StreamingModel) -> dict[str, Any] | None:
-    """The calibration record of a model, or None (not calibrated, or unreadable)."""
-    raw = model.metadata.get(CALIBRATION_KEY)
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError:
-        log.warning("%s: its calibration record is not valid JSON; ignored", model.path)
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def warn_if_calibrated_on(model: StreamingModel, manifest: str | Path) -> bool:
-    """Warn (and return True) when ``manifest`` is the file ``model`` was calibrated on."""
-    record = model_calibration(model)
-    path = Path(manifest)
-    if not record or not path.is_file() or record.get("manifest_sha256") != _sha256(path):
-        return False
-    log.warning(
-        "%s is the manifest %s was calibrated on (same SHA-256): these figures are the "
-        "calibration's, not a test. Never tune on the test stream: evaluate on a held-out "
-        "manifest (edge-detect data split writes one)",
-        path,
-        model.model_id,
-    )
-    return True
-
-
 def format_calibration_table(record: dict[str, Any], model_id: str, out: Path) -> str:
     def show(value: Any, spec: str = ".3f") -> str:
         return "-" if value is None else format(value, spec)
@@ -336,7 +136,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if getattr(args, "model", None):
         config = config.replace(model=args.model)
-    _checked_stream_args(args)
+    check_stream_args(args)
     if not args.target_fa_per_hour > 0:
         raise ConfigError(
             f"--target-fa-per-hour must be > 0, got {args.target_fa_per_hour} (e.g. 0.5)"

@@ -16,6 +16,7 @@ The same clips, ratio and seed give the same audio, sample for sample.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,21 @@ from edge_detect.evaluation import Event
 __all__ = [
     "ACTIVE_FRAME_MS",
     "ACTIVE_RANGE_DB",
+    "BACKGROUND",
     "LabeledClip",
     "TestStream",
     "active_span",
+    "build_streams",
     "event_free_stream",
     "event_stream",
     "load_clip",
+    "read_audio",
+    "read_manifest",
     "rms_db",
 ]
+
+BACKGROUND = "background"
+"""The label of 'no event': never alerted; labels a model does not know count as it."""
 
 ACTIVE_FRAME_MS = 50.0
 """Frame length for the active-frame measure, in ms."""
@@ -114,22 +122,48 @@ def active_span(samples: npt.NDArray[np.float32], sample_rate_hz: int) -> tuple[
     return start, end, max(SILENCE_DB, 10.0 * float(np.log10(power)))
 
 
-def load_clip(path: Path, label: str, sample_rate_hz: int) -> LabeledClip:
-    """Decode a clip (soundfile when installed, else WAV only) as mono at ``sample_rate_hz``."""
+def read_manifest(path: str | Path) -> list[tuple[Path, str]]:
+    """(audio path, label) rows of a ``path,label`` CSV; paths relative to its folder."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames or []
+            if "path" not in fields or "label" not in fields:
+                raise DatasetError(
+                    f"manifest {path} needs columns 'path' and 'label'; its header is {fields}"
+                )
+            rows = [(path.parent / row["path"], row["label"].strip()) for row in reader]
+    except OSError as exc:
+        raise DatasetError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    if not rows:
+        raise DatasetError(f"manifest {path} lists no clips")
+    empty = [str(p) for p, label in rows if not label]
+    if empty:
+        raise DatasetError(f"manifest {path}: clip(s) without a label: {empty[:3]}")
+    return rows
+
+
+def read_audio(path: Path) -> Audio:
+    """A WAV with the runtime's reader; other formats (FLAC, OGG) through soundfile."""
+    if path.suffix.lower() == ".wav":
+        return read_wav(path)
     try:
         import soundfile
     except (ImportError, OSError):
-        soundfile = None
-    if soundfile is None:
-        if path.suffix.lower() != ".wav":
-            raise MissingExtraError("soundfile", "train", f"reading {path.suffix} audio")
-        audio = read_wav(path)
-    else:
-        try:
-            data, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
-        except (RuntimeError, soundfile.LibsndfileError) as exc:
-            raise AudioError(f"cannot read audio file {path}: {exc}") from None
-        audio = Audio(np.asarray(data, dtype=np.float32), int(rate))
+        raise MissingExtraError("soundfile", "train", f"reading {path.suffix} audio") from None
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise AudioError(f"cannot read audio file {path}: {exc}") from None
+    if len(samples) == 0:
+        raise AudioError(f"{path}: holds no audio (0 samples)")
+    return Audio(np.asarray(samples, dtype=np.float32), int(rate))
+
+
+def load_clip(path: Path, label: str, sample_rate_hz: int) -> LabeledClip:
+    """Decode a clip (:func:`read_audio`) as mono at ``sample_rate_hz``."""
+    audio = read_audio(path)
     if len(audio.samples) == 0:
         raise AudioError(f"{path}: holds no audio (0 samples)")
     mono = resample(to_mono(audio.samples), audio.sample_rate_hz, sample_rate_hz)
@@ -209,3 +243,53 @@ def event_free_stream(
     rng = np.random.default_rng(seed)
     bed = _bed(backgrounds, round(duration_s * sample_rate_hz), rng)
     return TestStream(bed, sample_rate_hz, [], None, [], _seconds(backgrounds, sample_rate_hz))
+
+
+def build_streams(
+    rows: Sequence[tuple[Path, str]],
+    labels: Sequence[str],
+    *,
+    sample_rate_hz: int,
+    ratios_db: Sequence[float],
+    background_minutes: float,
+    seed: int,
+) -> tuple[list[TestStream], TestStream | None, list[str]]:
+    """Decode a manifest's clips and build one event stream per ratio and the event-free one.
+
+    Parameters
+    ----------
+    rows : sequence of (Path, str)
+        (audio path, label) per clip, as :func:`read_manifest` returns them.
+    labels : sequence of str
+        The model's classes: clips of its event classes become events, all others background.
+    sample_rate_hz : int
+        Rate of the streams (the model's), in Hz.
+    ratios_db : sequence of float
+        Event-to-background ratio of each event stream, in dB.
+    background_minutes : float
+        Length of the event-free stream, in minutes (0 = none).
+    seed : int
+        Seed of the layout: stream ``i`` uses ``seed + i``, the event-free one ``seed + 1000``.
+
+    Returns
+    -------
+    (event streams, event-free stream or None, labels mapped to background)
+    """
+    known = {label for label in labels if label != BACKGROUND}
+    mapped = sorted({label for _, label in rows if label not in known and label != BACKGROUND})
+    clips = [load_clip(path, label, sample_rate_hz) for path, label in rows]
+    events = [c for c in clips if c.label in known]
+    backgrounds = [c for c in clips if c.label not in known]
+    streams = [
+        event_stream(events, backgrounds, sample_rate_hz=sample_rate_hz, ratio_db=r, seed=seed + i)
+        for i, r in enumerate(ratios_db)
+    ]
+    free = None
+    if background_minutes > 0:
+        free = event_free_stream(
+            backgrounds,
+            sample_rate_hz=sample_rate_hz,
+            duration_s=60 * background_minutes,
+            seed=seed + 1000,
+        )
+    return streams, free, mapped

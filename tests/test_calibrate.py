@@ -23,25 +23,23 @@ from test_eval_stream import noise_clip, tone_clip
 
 from edge_detect import streams
 from edge_detect.audio import write_wav
-from edge_detect.calibrate import (
-    CALIBRATION_KEY,
-    calibrate,
-    calibrate_class,
-    format_calibration_table,
-    warn_if_calibrated_on,
-)
-from edge_detect.cli_eval import (
-    ScoredStreams,
-    lowest_threshold,
-    operating_point,
-    replay_onsets,
-    with_threshold,
-)
+from edge_detect.calibrate import format_calibration_table
 from edge_detect.config import load_config
 from edge_detect.detect import ClassDetection
 from edge_detect.errors import ConfigError
 from edge_detect.evaluation import Event
 from edge_detect.model import load_model
+from edge_detect.operating import (
+    CALIBRATION_KEY,
+    ScoredStreams,
+    calibrate,
+    calibrate_class,
+    lowest_threshold,
+    operating_point,
+    replay_onsets,
+    warn_if_calibrated_on,
+    with_threshold,
+)
 
 RATE = 16_000
 HOP_MS = 10.0

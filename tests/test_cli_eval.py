@@ -11,8 +11,8 @@ from conftest import FIXTURES, ROOT
 from test_cli_run import TONE_CONFIG, planted
 
 from edge_detect.audio import write_wav
-from edge_detect.cli_eval import read_manifest
 from edge_detect.errors import DatasetError
+from edge_detect.streams import read_manifest
 
 TINY = FIXTURES / "tiny_model.onnx"
 

@@ -15,22 +15,18 @@ import pytest
 from conftest import FIXTURES, ROOT
 
 from edge_detect.audio import read_wav, write_wav
-from edge_detect.cli_eval import (
-    ONSET_COLLAR_S,
-    build_streams,
-    evaluate_streams,
-    read_manifest,
-    replay_onsets,
-    run_stream,
-)
 from edge_detect.config import load_config
 from edge_detect.errors import DatasetError
 from edge_detect.model import load_model
+from edge_detect.operating import ONSET_COLLAR_S, replay_onsets
+from edge_detect.scoring import evaluate_streams, run_stream
 from edge_detect.streams import (
     active_span,
+    build_streams,
     event_free_stream,
     event_stream,
     load_clip,
+    read_manifest,
     rms_db,
 )
 
@@ -152,7 +148,10 @@ def test_default_model_finds_planted_events_at_their_onsets(demo_folder):
     rows = read_manifest(demo_folder / "manifest.csv")
     # seed 1 at +12 dB: a layout where the default model finds the bark (it misses it in
     # some beds at low ratios: the figures are the model's, not the tool's)
-    streams, free, _ = build_streams(model, rows, ratios_db=[12.0], background_minutes=0, seed=1)
+    rate = model.feature_config.sample_rate_hz
+    streams, free, _ = build_streams(
+        rows, model.labels, sample_rate_hz=rate, ratios_db=[12.0], background_minutes=0, seed=1
+    )
     summary = evaluate_streams(model, streams, free, load_config(None))
     row = summary["streams"][0]["per_class"]
     assert (row["dog_bark"]["events"], row["dog_bark"]["hits"], row["dog_bark"]["f1"]) == (1, 1, 1)
@@ -177,8 +176,9 @@ def test_false_alarms_per_hour_on_the_event_free_part(demo_folder):
     clip_s = (2 * len(street) + len(bark)) / RATE
     model = load_model(None)
     streams, free, mapped = build_streams(
-        model,
         read_manifest(demo_folder / "fa.csv"),
+        model.labels,
+        sample_rate_hz=model.feature_config.sample_rate_hz,
         ratios_db=[],
         background_minutes=6 * clip_s / 60,
         seed=0,
@@ -206,9 +206,13 @@ def test_replayed_state_machine_equals_the_pipeline_and_sets_the_operating_point
     model = load_model(None)
     config = load_config(None)
     streams, free, _ = build_streams(
-        model, read_manifest(demo_folder / "fa.csv"), ratios_db=[12.0], background_minutes=1,
+        read_manifest(demo_folder / "fa.csv"),
+        model.labels,
+        sample_rate_hz=model.feature_config.sample_rate_hz,
+        ratios_db=[12.0],
+        background_minutes=1,
         seed=1,
-    )  # fmt: skip
+    )
     assert free is not None
     alerts, scores = run_stream(model, free, config)
     settings = config.detection_for(model.detection)
@@ -276,7 +280,12 @@ def test_a_manifest_without_events_is_refused(corpus):
     model = load_model(TINY)
     with pytest.raises(DatasetError, match="needs event clips"):
         build_streams(
-            model, read_manifest(corpus / "bg.csv"), ratios_db=[0.0], background_minutes=0, seed=0
+            read_manifest(corpus / "bg.csv"),
+            model.labels,
+            sample_rate_hz=model.feature_config.sample_rate_hz,
+            ratios_db=[0.0],
+            background_minutes=0,
+            seed=0,
         )
     result = subprocess.run(
         [sys.executable, "-m", "edge_detect", "eval", "stream", "--model", str(TINY),
