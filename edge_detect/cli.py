@@ -60,34 +60,63 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Shows every default in --help and keeps description line breaks."""
 
 
+WORKSTATION_INSTALL = (
+    "pip install torch==2.13.0 && pip install -e '.[train]' (on public PyPI add "
+    "--index-url https://download.pytorch.org/whl/cpu to the torch install for the CPU-only build)"
+)
+"""How a checkout gets the workstation extras; named by every error about them."""
+
+
+def workstation_commands() -> tuple[str, ...]:
+    """The names of the workstation subcommands (``data``, ``train``, ``export``)."""
+    return tuple(name for _, names in WORKSTATION_COMMAND_MODULES for name in names)
+
+
 def _register_workstation(subparsers: argparse._SubParsersAction, load: bool = True) -> None:
     """Add the workstation commands; ``load=False`` adds placeholders without importing them
     (their modules import torch: seconds and hundreds of MB that a runtime command must not pay).
+
+    A command that cannot be loaded (no checkout here, or its module does not import) becomes a
+    placeholder that takes any arguments and answers with one line saying why and how to fix it,
+    instead of an empty usage or "unrecognized arguments".
     """
     root = checkout_root()
     if root is not None and str(root) not in sys.path:
         sys.path.insert(0, str(root))
     for module_name, names in WORKSTATION_COMMAND_MODULES:
+        why = "no source checkout of edge-detect was found here; clone the repository"
         if root is not None and load:
             try:
                 importlib.import_module(module_name).register(subparsers, _HelpFormatter)
             except ImportError as exc:
                 log.debug("workstation commands of %s unavailable: %s", module_name, exc)
+                why = f"it cannot be loaded from the checkout {root} ({exc})"
+        elif root is not None:
+            why = ""  # a runtime command runs: the placeholder is never called
         for name in names:
             if name in subparsers.choices:
                 continue
+            message = _workstation_message(name, why)
             parser = subparsers.add_parser(
-                name, help=f"(workstation) {name}: needs a source checkout with the [train] extra"
+                name,
+                help=f"(workstation) {name}: needs a source checkout with the [train] extra",
+                description=message,
+                formatter_class=_HelpFormatter,
             )
-            parser.set_defaults(func=_needs_checkout(name))
+            parser.set_defaults(func=_needs_checkout(message), accepts_any_arguments=True)
 
 
-def _needs_checkout(name: str) -> Callable[[argparse.Namespace], int]:
+def _workstation_message(name: str, why: str) -> str:
+    return (
+        f"'edge-detect {name}' is a workstation tool that runs from a source checkout of "
+        f"edge-detect with the training extras installed{': ' + why if why else ''}. "
+        f"In the checkout: {WORKSTATION_INSTALL}"
+    )
+
+
+def _needs_checkout(message: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        raise EdgeDetectError(
-            f"'edge-detect {name}' is a workstation tool: run it from a source checkout with the "
-            "training extras installed: pip install torch==2.13.0 && pip install -e '.[train]'"
-        )
+        raise EdgeDetectError(message)
 
     return handler
 
@@ -127,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     _configure_logging(debug, "--quiet" in argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -137,6 +168,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             log.exception("failed")
         print(f"edge-detect: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        # a workstation command imports torch, onnx, soundfile ... only when it runs
+        if args.command not in workstation_commands():
+            raise
+        if debug:
+            log.exception("failed")
+        print(
+            f"edge-detect: error: 'edge-detect {args.command}' needs the Python package "
+            f"{exc.name!r}, which is not installed here. {WORKSTATION_INSTALL}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
