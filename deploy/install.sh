@@ -7,12 +7,12 @@
 #   sudo deploy/install.sh --uninstall [--purge]     remove (keeps config and data unless --purge)
 #
 # Options:
-#   --source SPEC     what pip installs: a checkout folder, a wheel file or a PyPI requirement
-#                     (default: this checkout when run from one, else 'edge-detect' from PyPI)
+#   --source SPEC     what pip installs: a checkout folder, a wheel file or a requirement
+#                     (default: this checkout; edge-detect is not published on PyPI)
 #   --wheelhouse DIR  install offline from the wheels in DIR (pip --no-index --find-links DIR)
 #   --config FILE     the first config to install (default: deploy/edge-detect.toml, the
 #                     commented example); an existing config is never overwritten
-#   --upgrade         let pip upgrade a PyPI requirement that is already satisfied
+#   --upgrade         let pip upgrade a requirement that is already satisfied
 #   --python PY       interpreter that creates the venv (default: python3)
 #   --root DIR        install under DIR instead of / (tests, images); implies --no-apt and
 #                     does not start anything; the user is created in DIR/etc/passwd
@@ -171,11 +171,29 @@ in_audio_group() {
   case ",$members," in *",$SERVICE_USER,"*) return 0 ;; *) return 1 ;; esac
 }
 
+# An empty --root has no account databases, and useradd/groupadd --prefix cannot lock files that
+# do not exist ("cannot lock .../etc/group"): start them empty, as a fresh system's would be
+# before its first account.
+ensure_account_files() {
+  local f created=""
+  mkdir -p "$ROOT/etc"
+  for f in passwd group shadow gshadow; do
+    [ -e "$ROOT/etc/$f" ] && continue
+    case "$f" in
+      shadow|gshadow) install -m 0640 /dev/null "$ROOT/etc/$f" ;;
+      *) install -m 0644 /dev/null "$ROOT/etc/$f" ;;
+    esac
+    created="$created $f"
+  done
+  [ -z "$created" ] || say "accounts: created empty$created in $ROOT/etc"
+}
+
 create_user() {
   [ "$DO_USER" = 1 ] || { say "service user: skipped"; return; }
   [ "$IS_ROOT" = 1 ] || { say "service user: skipped (not root)"; return; }
   local prefix=()
   [ -z "$ROOT" ] || prefix=(--prefix "$ROOT")
+  [ -z "$ROOT" ] || ensure_account_files
   if ! group_exists audio; then
     groupadd "${prefix[@]}" --system audio
     say "group audio: created"
@@ -202,11 +220,12 @@ owner_spec() {
 }
 
 # --- the runtime in a venv ------------------------------------------------------------------
+# edge-detect is not on PyPI: without --source, the checkout install.sh lives in is installed.
 default_source() {
   if [ -f "$CHECKOUT/pyproject.toml" ] && grep -q '^name = "edge-detect"' "$CHECKOUT/pyproject.toml"; then
     echo "$CHECKOUT"
   else
-    echo "edge-detect"
+    die "install.sh is not inside an edge-detect checkout ($CHECKOUT has no edge-detect pyproject.toml) and no --source was given; edge-detect is not published on PyPI. Run the install.sh of a checkout (copy or clone the repository onto this machine), or pass --source with a checkout folder or a wheel (pip wheel --no-deps -w dist . in a checkout)"
   fi
 }
 

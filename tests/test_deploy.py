@@ -67,17 +67,6 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory, source: Path) -> Path:
     return house
 
 
-def _fake_root(path: Path) -> Path:
-    """An empty system root with the account files useradd --prefix expects."""
-    (path / "etc").mkdir(parents=True)
-    (path / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
-    (path / "etc" / "group").write_text("root:x:0:\naudio:x:29:\n")
-    for name in ("shadow", "gshadow"):
-        (path / "etc" / name).write_text("")
-        (path / "etc" / name).chmod(0o600)
-    return path
-
-
 Installer = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -131,7 +120,8 @@ def installed(
 ) -> Path:
     host_passwd = Path("/etc/passwd").read_bytes()
     before = sorted(p.name for p in source.iterdir())
-    root = _fake_root(tmp_path_factory.mktemp("sysroot"))
+    # an empty root, as an image build starts from: the installer creates the account files
+    root = tmp_path_factory.mktemp("sysroot")
     result = install(root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert Path("/etc/passwd").read_bytes() == host_passwd, "the installer touched this machine"
@@ -233,6 +223,23 @@ def test_bad_option_says_what_is_wrong(tmp_path: Path) -> None:
     assert "unknown option '--frobnicate'" in result.stderr
     purge = _run(["bash", str(INSTALL_SH), "--root", str(tmp_path), "--purge"])
     assert purge.returncode == 1 and "--purge only goes with --uninstall" in purge.stderr
+
+
+def test_outside_a_checkout_without_source_it_says_edge_detect_is_not_on_pypi(
+    tmp_path: Path,
+) -> None:
+    """A copied deploy/ folder has no checkout to install; edge-detect is not on PyPI, so the
+    installer must not fall back to a package index (it used to try 'pip install edge-detect')."""
+    copy = tmp_path / "release" / "deploy"
+    copy.mkdir(parents=True)
+    for name in ("install.sh", "edge-detect.toml", "edge-detect.service"):
+        shutil.copy(DEPLOY / name, copy / name)
+    extra = [] if IS_ROOT else ["--no-user"]
+    result = _run(["bash", str(copy / "install.sh"), "--root", str(tmp_path / "root"), *extra])
+    assert result.returncode == 1
+    assert "not published on PyPI" in result.stderr
+    assert "pass --source with a checkout folder or a wheel" in result.stderr
+    assert not (tmp_path / "root" / "opt").exists(), "nothing is installed without a source"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
