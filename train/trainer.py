@@ -358,8 +358,8 @@ def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
             for clip, audio in zip(loaded.clips, loaded.features, strict=True)
         ]
     train_counts = Counter(item.target for item in parts["train"])
-    for label in data.labels:
-        if train_counts.get(index[label], 0) == 0:
+    for label in data.labels:  # no background clips: the shipped background serves
+        if train_counts.get(index[label], 0) == 0 and label != data.background_label:
             raise DatasetError(
                 f"class {label!r} has no training clips in {manifest} after filtering; "
                 "check data.labels and data.exclude_licenses"
@@ -735,6 +735,8 @@ def train(
         ``optim.epochs``).
     time_limit_s : stop after the epoch that passes this wall time (the best epoch is kept).
     """
+    from train.background_bank import sequence_builder  # background clips or shipped features
+
     opt = config.optim
     torch.set_num_threads(opt.num_threads)
     rank, world = _distributed()
@@ -748,8 +750,8 @@ def train(
         raise DatasetError("the validation split is empty; raise data.val_fraction")
     train_backgrounds = [c for c in train_items if c.target == bg]
     val_backgrounds = [c for c in val_items if c.target == bg] or train_backgrounds
-    builder = SequenceBuilder(config, train_items, train_backgrounds, bg)
-    val_builder = SequenceBuilder(config, val_items, val_backgrounds, bg)
+    builder = sequence_builder(config, train_items, train_backgrounds, bg, part="train")
+    val_builder = sequence_builder(config, val_items, val_backgrounds, bg, part="val")
     val_rng = np.random.default_rng(VAL_SEQUENCE_SEED)
     val_sequences = [val_builder.build(i, val_rng, augment=False) for i in range(len(val_items))]
     val_owner = [item.target for item in val_items]
@@ -1002,7 +1004,7 @@ def train(
         metrics["test"] = {"clip": clip_test}
     elif test_items and stream_model is not None:
         test_bgs = [c for c in test_items if c.target == bg] or val_backgrounds
-        test_builder = SequenceBuilder(config, test_items, test_bgs, bg)
+        test_builder = sequence_builder(config, test_items, test_bgs, bg, part="val")
         test_rng = np.random.default_rng(VAL_SEQUENCE_SEED + 1)
         test_sequences = [
             test_builder.build(i, test_rng, augment=False) for i in range(len(test_items))
