@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,9 @@ def _run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {
         "checkpoint": str(result.checkpoint),
         "best_epoch": result.metrics["best_epoch"],
-        "val_mean_error": round(clip["mean_error"], 4),
-        "val_per_class_error": {k: round(v, 4) for k, v in clip["per_class_error"].items()},
+        "val_mean_error": _rounded(clip["mean_error"]),
+        # None: the class has no validation clips (e.g. background from the shipped features)
+        "val_per_class_error": {k: _rounded(v) for k, v in clip["per_class_error"].items()},
         "val_clips": dict(zip(config.data.labels, clip["support"], strict=True)),
     }
     if warnings:
@@ -119,3 +121,8 @@ def _run(args: argparse.Namespace) -> int:
         summary.update(export_and_measure(config, result.checkpoint, result.run_dir))
     print(json.dumps(summary), file=sys.stdout)
     return 0
+
+
+def _rounded(value: float) -> float | None:
+    """A JSON-safe figure: NaN (nothing to measure) becomes null."""
+    return None if math.isnan(value) else round(float(value), 4)
