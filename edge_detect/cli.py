@@ -35,6 +35,7 @@ RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
     "edge_detect.calibrate",
     "edge_detect.cli_bench",
     "edge_detect.status_cli",
+    "edge_detect.cli_clips",
 )
 
 # Workstation subcommands: (module in the checkout, names it registers, what it needs).

@@ -25,11 +25,14 @@ import numpy.typing as npt
 from edge_detect.audio import check_rate, write_wav
 from edge_detect.errors import ConfigError
 
-__all__ = ["ClipRecorder"]
+__all__ = ["CLIP_STAMP_FORMAT", "CLIP_SUFFIX", "ClipRecorder"]
 
 log = logging.getLogger(__name__)
 
 CLIP_SUFFIX = ".wav"
+CLIP_STAMP_FORMAT = "%Y%m%dT%H%M%S"
+"""UTC time of the alert at the start of a clip's name: ``<stamp>_<class>_<alert id[:12]>.wav``
+(``edge-detect clips`` reads names back)."""
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -138,7 +141,7 @@ class ClipRecorder:
 
     def start_clip(self, alert_id: str, label: str, when: datetime | None = None) -> Path:
         """Begin a clip now (pre-roll from the buffer); returns the path it will be written to."""
-        stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S")
+        stamp = (when or datetime.now(timezone.utc)).strftime(CLIP_STAMP_FORMAT)
         safe_label = _SAFE_NAME.sub("_", label).strip("_")
         name = f"{stamp}_{safe_label}_{_SAFE_NAME.sub('_', alert_id[:12])}{CLIP_SUFFIX}"
         path = self.directory / name
