@@ -177,6 +177,10 @@ def run_command(args: argparse.Namespace) -> int:
         from edge_detect.metrics import instrument
 
         source = instrument(sinks, source, model.labels)
+    if getattr(args, "show", False):  # drawn on stderr: stdout keeps only the alerts
+        from edge_detect.live import LiveView
+
+        source = LiveView(pipeline, sys.stderr).watch(source)
     with stop_on_signals(pipeline, source):
         log.info(
             "start-up took %.0f ms; reading %s", 1e3 * (time.perf_counter() - started), source.name
@@ -301,6 +305,12 @@ def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
     )
     run.add_argument(
         "--threads", type=int, default=S, help=f"ONNX Runtime threads (default: {D.threads})"
+    )
+    run.add_argument(
+        "--show",
+        action="store_true",
+        help="live view on stderr: input level, each class's score against its thresholds, "
+        "recent alerts (plain lines once a second when stderr is not a terminal)",
     )
     run.set_defaults(func=run_command)
 
