@@ -102,3 +102,18 @@ def test_feature_config_selects_its_own_cache_entries(tmp_path: Path) -> None:
     config.write_text("[features]\nn_mels = 'many'\n")
     bad = _run("data", "stats", "--manifest", manifest, "--feature-config", config, cache=cache)
     assert bad.returncode == 2 and "n_mels" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_stats_of_a_class_folder_as_train_data_takes_it(tmp_path: Path) -> None:
+    """The issue: 'data stats --manifest FOLDER' failed with "Is a directory"."""
+    for label, seconds in (("doorbell", (0.6, 1.2)), ("background", (3.0,))):
+        (tmp_path / "my_sounds" / label).mkdir(parents=True)
+        for i, length in enumerate(seconds):
+            samples = 0.1 * np.random.default_rng(i).standard_normal(int(RATE_HZ * length))
+            sf.write(tmp_path / "my_sounds" / label / f"{i}.wav", samples, RATE_HZ)
+    result = _run("data", "stats", "--manifest", tmp_path / "my_sounds", cache=tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "| doorbell | 2 | 0.0 | 2 |" in lines  # one group per file
+    assert "| background | 1 | 0.1 | 1 |" in lines  # 3 s = 0.05 min
+    assert "| **total** | 3 | 0.1 | 3 |" in lines

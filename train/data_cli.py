@@ -61,7 +61,8 @@ def register(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
         required=True,
         type=Path,
         default=argparse.SUPPRESS,
-        help="manifest CSV: path,label[,group,fold,...], paths relative to its folder",
+        help="manifest CSV (path,label[,group,fold,...], paths relative to its folder), or a "
+        "folder with one sub-folder of audio per class (as 'train --data' takes)",
     )
     stats.add_argument(
         "--cache",
@@ -185,16 +186,27 @@ def stats_table(
 def _run_stats(args: argparse.Namespace) -> int:
     """Handler of ``edge-detect data stats``."""
     from train.cache import FeatureCache
-    from train.datasets import LabelMap, check_files_exist, load_manifest, take_evenly
+    from train.datasets import (
+        LabelMap,
+        check_files_exist,
+        load_folder_per_class,
+        load_manifest,
+        take_evenly,
+    )
 
     started = time.perf_counter()
     label_map = LabelMap.from_toml(args.label_map) if args.label_map else None
-    clips = load_manifest(
-        args.manifest,
-        label_map=label_map,
-        label_column=args.label_column,
-        check_files=args.limit is None,
-    )
+    if args.manifest.is_dir():  # a train --data folder: DIR/<class>/*.wav|flac|ogg
+        clips = load_folder_per_class(
+            args.manifest, label_map=label_map, check_files=args.limit is None
+        )
+    else:
+        clips = load_manifest(
+            args.manifest,
+            label_map=label_map,
+            label_column=args.label_column,
+            check_files=args.limit is None,
+        )
     if args.limit is not None:  # check only the files we will read
         clips = take_evenly(clips, args.limit)
         check_files_exist(clips, f"manifest {args.manifest}")
