@@ -151,7 +151,7 @@ def read_audio(path: Path) -> Audio:
     try:
         import soundfile
     except (ImportError, OSError):
-        raise MissingExtraError("soundfile", "train", f"reading {path.suffix} audio") from None
+        raise MissingExtraError("soundfile", "eval", f"reading {path.suffix} audio") from None
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
     except (RuntimeError, soundfile.LibsndfileError) as exc:
