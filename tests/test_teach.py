@@ -32,11 +32,12 @@ from train.background_bank import (  # noqa: E402
     dequantise,
     load_bank,
     quantise,
+    validation_negatives,
 )
 from train.config import CHECKOUT, TrainConfig, load_config  # noqa: E402
 from train.folder import folder_config, read_folder, split_warnings, zero_error_bound  # noqa: E402
 from train.trainer import IGNORE as TRAINER_IGNORE  # noqa: E402
-from train.trainer import ClipAudio, frame_activity, split_clips  # noqa: E402
+from train.trainer import ClipAudio, SequenceBuilder, frame_activity, split_clips  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -169,6 +170,20 @@ def test_bank_mixing_adds_background_power_under_the_event() -> None:
     mixed = features[first : first + 100]
     assert (mixed >= alone - 1e-4).all()  # power only adds
     assert (mixed > alone + 0.1).mean() > 0.2  # and the bed is heard in the quiet bands
+
+
+def test_a_folder_without_background_validates_thresholds_on_shipped_background() -> None:
+    """Without negatives every threshold looks free of false alarms and the lowest one wins."""
+    config = load_config(PRESET)
+    builder = _bank_builder(config, _tone(1.0, 440))
+    negatives = validation_negatives(builder, np.random.default_rng(0))
+    assert len(negatives) >= 10  # minutes of it, in 5 s pieces
+    for features, targets in negatives:
+        assert features.shape == (500, config.features.n_mels) and (targets == 1).all()
+    active, power = frame_activity(_tone(1.0, 440), config.features, 30.0)
+    clip = ClipAudio(clip=None, target=1, audio=_tone(1.0, 440), active=active, frame_power=power)  # type: ignore[arg-type]
+    with_clips = SequenceBuilder(config, [clip], [clip], 1)
+    assert validation_negatives(with_clips, np.random.default_rng(0)) == []
 
 
 def test_bank_low_pass_quietens_the_bands_above_the_cut_off_only() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "load_bank",
     "quantise",
     "sequence_builder",
+    "validation_negatives",
 ]
 
 log = logging.getLogger(__name__)
@@ -248,11 +249,42 @@ class BankSequenceBuilder:
             targets[span] = np.where(active, item.target, IGNORE)
         return features, targets
 
+    def background_sequence(
+        self, frames: int, rng: np.random.Generator
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """A sequence of shipped background alone: features (frames, F), all targets background."""
+        power = self._bed(frames, rng)
+        features = np.log(np.maximum(power, self.config.features.log_floor)).astype(np.float32)
+        return features, np.full(frames, self.background_index, dtype=np.int64)
+
     def crop(self, index: int, rng: np.random.Generator, *, augment: bool = True) -> Any:
         raise DatasetError(
             "the shipped background serves the streaming LSTM only; the clip-level CNN needs "
             "background recordings of your own (a background/ sub-folder)"
         )
+
+
+NEGATIVE_SEQUENCE_S = 5.0
+"""Length of each background-only validation sequence cut from the shipped background, in s."""
+
+
+def validation_negatives(
+    builder: Any, rng: np.random.Generator
+) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
+    """Background-only validation sequences when ``builder`` draws on the shipped background.
+
+    The trainer chooses each class's threshold on its validation sequences, trading detections
+    against false detections on the sequences of other classes. A folder without background has
+    no such sequences: every threshold looks free of false alarms and the lowest one wins. These
+    sequences (as much audio time as the bank's validation part holds, in pieces of
+    :data:`NEGATIVE_SEQUENCE_S`) give the choice something to be wrong on. Empty for a builder
+    of background clips, whose validation part has background clips of its own.
+    """
+    if not isinstance(builder, BankSequenceBuilder):
+        return []
+    frames = round(NEGATIVE_SEQUENCE_S * builder.fps)
+    total = sum(len(segment) for segment in builder.bank.segments)
+    return [builder.background_sequence(frames, rng) for _ in range(max(1, total // frames))]
 
 
 def sequence_builder(

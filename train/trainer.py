@@ -735,7 +735,8 @@ def train(
         ``optim.epochs``).
     time_limit_s : stop after the epoch that passes this wall time (the best epoch is kept).
     """
-    from train.background_bank import sequence_builder  # background clips or shipped features
+    # background clips, or the shipped background features when a folder has none
+    from train.background_bank import sequence_builder, validation_negatives
 
     opt = config.optim
     torch.set_num_threads(opt.num_threads)
@@ -755,6 +756,8 @@ def train(
     val_rng = np.random.default_rng(VAL_SEQUENCE_SEED)
     val_sequences = [val_builder.build(i, val_rng, augment=False) for i in range(len(val_items))]
     val_owner = [item.target for item in val_items]
+    negatives = validation_negatives(val_builder, val_rng)  # shipped background: none else
+    val_sequences, val_owner = val_sequences + negatives, val_owner + [bg] * len(negatives)
     counts = data.counts("train")
     log.info("training clips per class: %s", dict(zip(labels, counts, strict=True)))
 
