@@ -35,6 +35,7 @@ from edge_detect.cli_run import add_model_argument, build_pipeline
 from edge_detect.config import load_config
 from edge_detect.errors import ConfigError
 from edge_detect.model import load_model
+from edge_detect.progress import with_progress
 from edge_detect.sources import WavFileSource
 
 __all__ = ["register"]
@@ -167,7 +168,8 @@ def bench_command(args: argparse.Namespace) -> int:
         return out
 
     pipeline.process_block = timed  # type: ignore[method-assign]
-    stats = pipeline.run(source)
+    # a terminal sees the progress (two redraws a second, inside the measured CPU); a pipe not
+    stats = pipeline.run(with_progress(source, repeat * probe.duration_s, "bench, real time"))
     cpu1, wall1 = cpu_seconds(), time.time()
     current_mb, peak_mb = rss_mb()
     start_wall = stats.stream_start_wall or wall0

@@ -37,6 +37,7 @@ from edge_detect.operating import (
     miss_rate_at_false_alarms,
     operating_curves,
 )
+from edge_detect.progress import progress, with_progress
 from edge_detect.sources import WavFileSource
 from edge_detect.streams import BACKGROUND, TestStream, read_audio
 
@@ -114,7 +115,10 @@ def evaluate_clips(
     known = set(model.labels)
     mapped = sorted({label for _, label in rows if label not in known})
     with _quiet_pipeline():
-        results = [_evaluate_clip(model, path, label, known, config) for path, label in rows]
+        results = [
+            _evaluate_clip(model, path, label, known, config)
+            for path, label in progress(rows, len(rows), "eval clips")
+        ]
     classes = list(model.labels) if BACKGROUND in known else [*model.labels, BACKGROUND]
     per_class = {}
     for name in classes:
@@ -166,7 +170,7 @@ def run_stream(
     pipeline = build_pipeline(config, model, [])
     pipeline.keep_alerts = 1_000_000
     pipeline.keep_scores = True
-    pipeline.run(source)
+    pipeline.run(with_progress(source, stream.duration_s, f"scoring {source.name}"))
     scores = np.concatenate(pipeline.scores) if pipeline.scores else np.zeros((0, 0), np.float32)
     return pipeline.emitted, scores
 

@@ -70,7 +70,11 @@ def register(subparsers: Any, formatter: type[argparse.HelpFormatter]) -> None:
         default=None,
         help="stop after the epoch that passes this wall time; the best epoch is kept",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (there are none either when stderr is not a terminal)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -98,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     result = train(
         config,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # bars only for a person
         out_dir=out,
         time_limit_s=args.time_limit_s,
     )
