@@ -256,3 +256,37 @@ def test_readme_teach_section_end_to_end_alerts_on_an_unseen_cry(tmp_path: Path)
         [*argv[:-1], "street.wav"], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert negative.returncode == 0 and negative.stdout == "", negative.stdout
+
+
+@pytest.mark.slow
+def test_train_data_reports_held_out_alerts_through_the_runtime_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With background recordings in the folder, the summary carries what eval stream measured
+    on the held-out clips: detections per ratio, latency and false alarms per hour."""
+    from edge_detect.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "my_sounds"
+    for i in range(12):
+        (folder / "beep").mkdir(parents=True, exist_ok=True)
+        (folder / "background").mkdir(parents=True, exist_ok=True)
+        beep = np.concatenate([_tone(0.4, 900 + 40 * i, 0.4), np.zeros(RATE // 5, np.float32)])
+        sf.write(folder / "beep" / f"{i}.wav", beep, RATE)
+        noise = (0.02 * rng.standard_normal(2 * RATE)).astype(np.float32)
+        sf.write(folder / "background" / f"{i}.wav", noise, RATE)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(folder), "--out", str(run), "--epochs", "2", "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == str(run / "model.onnx") and (run / "model.onnx").is_file()
+    held = summary["heldout_stream"]
+    assert isinstance(held, dict), held
+    beep = held["per_class"]["beep"]
+    assert set(beep["detected"]) == {"-6 dB", "+0 dB", "+6 dB"}
+    assert all(re.fullmatch(r"\d+/\d+", v) for v in beep["detected"].values())
+    assert isinstance(beep["false_alarms_per_hour"], float)
+    assert held["event_free_hours"] == 0.5
+    table = (run / "heldout_stream.txt").read_text()
+    assert "FA/h" in table and "beep" in table
+    assert summary["heldout_stream_table"] == str(run / "heldout_stream.txt")
