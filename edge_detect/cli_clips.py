@@ -16,6 +16,7 @@ import argparse
 import logging
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,7 +90,8 @@ def select_clips(
     label: str | None = None,
 ) -> list[SavedClip]:
     """The clips matching every given criterion: an alert id (or its first characters) among
-    ``ids``, a time in ``[since, until]``, the class ``label``."""
+    ``ids``, a time in ``[since, until]`` (the clip's time: when its alert was sent, to the
+    second; an event's ``start`` is a little earlier), the class ``label``."""
     if not (ids or since or until or label):
         raise ConfigError("say which alerts were false: give --id, --since/--until or --class")
     for alert_id in ids or []:
@@ -227,8 +229,13 @@ def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
     false.add_argument(
         "--id", action="append", metavar="ID", help="an alert id or its first characters (repeat)"
     )
-    false.add_argument("--since", metavar="TIME", help="alerts at or after this ISO 8601 time")
-    false.add_argument("--until", metavar="TIME", help="alerts at or before this ISO 8601 time")
+    false.add_argument(
+        "--since",
+        metavar="TIME",
+        help="clips saved at or after this ISO 8601 time (when the alert was sent, as 'clips "
+        "list' shows it; UTC unless a zone is given)",
+    )
+    false.add_argument("--until", metavar="TIME", help="clips saved at or before this time")
     false.add_argument("--class", dest="label", metavar="CLASS", help="alerts of this class only")
     false.set_defaults(func=false_command)
-    clips.set_defaults(func=lambda args: clips.print_help() or 2)
+    clips.set_defaults(func=lambda args: clips.print_help(sys.stderr) or 2)
