@@ -28,14 +28,16 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-# Runtime subcommands: modules of edge_detect that provide register(subparsers).
-RUNTIME_COMMAND_MODULES: tuple[str, ...] = (
-    "edge_detect.cli_run",
-    "edge_detect.cli_eval",
-    "edge_detect.calibrate",
-    "edge_detect.cli_bench",
-    "edge_detect.status_cli",
-    "edge_detect.cli_clips",
+# Runtime subcommands: (module of edge_detect that provides register(subparsers), the names it
+# registers). Only the module of the command being run is imported: on a device, `run` must not
+# pay for the evaluation, calibration and status modules (their imports are megabytes resident).
+RUNTIME_COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("edge_detect.cli_run", ("run", "devices")),
+    ("edge_detect.cli_eval", ("eval",)),
+    ("edge_detect.calibrate", ("calibrate",)),
+    ("edge_detect.cli_bench", ("bench",)),
+    ("edge_detect.status_cli", ("status",)),
+    ("edge_detect.cli_clips", ("clips",)),
 )
 
 # Workstation subcommands: (module in the checkout, names it registers, what it needs).
@@ -134,10 +136,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in RUNTIME_COMMAND_MODULES:
+    command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    chosen = [module for module, names in RUNTIME_COMMAND_MODULES if command in names]
+    # a runtime command: its module alone; anything else (--help, a typo, a workstation
+    # command): all of them, so that help and argparse's suggestions list every command
+    for module_name in chosen or [module for module, _ in RUNTIME_COMMAND_MODULES]:
         importlib.import_module(module_name).register(subparsers, _HelpFormatter)
     # argv known and naming a runtime command: do not import the workstation modules
-    command = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
     _register_workstation(subparsers, load=command not in subparsers.choices)
     return parser
 

@@ -22,7 +22,7 @@ Only numpy and onnxruntime are needed here; the exporter (``export/``) writes th
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -82,6 +82,22 @@ class LSTMState(NamedTuple):
 
     h: FloatArray
     c: FloatArray
+
+
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` (hex), with CPython's built-in implementation where there is one.
+
+    ``hashlib`` loads OpenSSL's libcrypto: about 4 MB resident that nothing else on the audio
+    path needs (BENCHMARKS.md section 3). The digest is the same either way (a test checks).
+    """
+    for name in ("_sha2", "_sha256"):  # CPython >= 3.12, and 3.10-3.11
+        try:
+            return str(importlib.import_module(name).sha256(data).hexdigest())
+        except (ImportError, AttributeError):
+            continue
+    import hashlib  # a Python without the built-in module
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _import_onnxruntime() -> Any:
@@ -278,11 +294,12 @@ class StreamingModel:
             self._session, feature_config.n_mels, len(labels), where
         )
         name = self.metadata.get(METADATA_KEYS["name"]) or self.path.stem
-        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.sha256 = _sha256_hex(data)
         """SHA-256 of the model file."""
         self.model_id = f"{name}-{self.sha256[:_ID_HASH_CHARS]}"
         """Short identifier for logs and alerts: name and the start of the file's SHA-256."""
         self._state = self.initial_state()
+        self._outputs = list(OUTPUT_NAMES)  # named: the wrapper need not list them each call
         self._check_probabilities(where)
 
     # -- state -------------------------------------------------------------------------------
@@ -307,6 +324,11 @@ class StreamingModel:
     def reset(self) -> None:
         """Start a new stream: the next step begins from the initial state."""
         self._state = self.initial_state()
+
+    def state_magnitude(self) -> float:
+        """Largest ``|c|`` of the current state (a drift/saturation indicator), without the
+        copies :meth:`get_state` makes: the pipeline asks after every block."""
+        return float(np.abs(self._state.c).max())
 
     def get_state(self) -> LSTMState:
         """A copy of the current state (changing it does not change the model)."""
@@ -340,14 +362,14 @@ class StreamingModel:
             Per-frame class probabilities, columns in the order of :attr:`labels`.
         """
         x = np.asarray(features, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.n_mels:
+        if x.ndim != 2 or x.shape[1] != self.feature_config.n_mels:
             raise ModelError(
                 f"step() expects features of shape (frames, {self.n_mels}), got {x.shape}"
             )
         if x.shape[0] == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
         scores, h_out, c_out = self._session.run(
-            None,
+            self._outputs,
             {"features": np.ascontiguousarray(x[None]), "h": self._state.h, "c": self._state.c},
         )
         self._state = LSTMState(h_out, c_out)

@@ -198,9 +198,11 @@ class Pipeline:
         self._quiet_frames = round(self.policy.quiet_s * fps)
         self._interval_frames = round(self.policy.interval_s * fps)
         self._max_interval_frames = round(self.policy.max_interval_s * fps)
-        self._warmup: deque[npt.NDArray[np.float32]] = deque(
-            maxlen=max(1, round(self.policy.warmup_s * fps))
-        )
+        # the latest blocks of features, at least warmup_frames of them (whole blocks: one
+        # append per block rather than one per frame)
+        self._warmup_frames = max(1, round(self.policy.warmup_s * fps))
+        self._warmup: deque[npt.NDArray[np.float32]] = deque()
+        self._warmup_held = 0
         self._last_resync = 0
         self._samples = 0
         self._anchor_wall = time.time()
@@ -323,11 +325,17 @@ class Pipeline:
             return
         self.model.reset()
         if self._warmup:
-            self.model.step(np.concatenate(list(self._warmup)))
+            self.model.step(np.concatenate(self._warmup)[-self._warmup_frames :])
         self._last_resync = frame
         self.stats.resyncs += 1
         self.stats.resync_frames.append(frame)
         log.debug("recurrent state re-synchronised at frame %d (quiet=%s)", frame, quiet)
+
+    def _keep_for_warmup(self, frames: npt.NDArray[np.float32]) -> None:
+        self._warmup.append(frames)
+        self._warmup_held += len(frames)
+        while self._warmup_held - len(self._warmup[0]) >= self._warmup_frames:
+            self._warmup_held -= len(self._warmup.popleft())
 
     def process_block(self, block: Block) -> list[Alert]:
         """Run one block through features, model and detection; emit and return its alerts."""
@@ -347,8 +355,7 @@ class Pipeline:
             scores = self.model.step(frames)
             if self.keep_scores:
                 self.scores.append(scores)
-            for row in frames:
-                self._warmup.append(row[None])
+            self._keep_for_warmup(frames)
             alerts = self._handle(self.detector.process(scores), block.end_time)
             self._maybe_resync()
         self.stats.blocks += 1
@@ -385,9 +392,8 @@ class Pipeline:
                 self.stats.max_lag_s = max(self.stats.max_lag_s, lag)
                 if lag > len(block.samples) / self.sample_rate_hz:
                     self.stats.late_blocks += 1
-                state = self.model.get_state()
                 self.stats.max_abs_state = max(
-                    self.stats.max_abs_state, float(np.abs(state.c).max())
+                    self.stats.max_abs_state, self.model.state_magnitude()
                 )
                 if self._stop.is_set():
                     source.stop()

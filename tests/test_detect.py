@@ -159,3 +159,58 @@ def test_unknown_class_and_bad_shapes_are_refused():
         Detector(["a"], {"nope": ClassDetection()}, HOP_MS)
     with pytest.raises(ValueError, match=r"shape \(frames, 1\)"):
         Detector(["a"], {}, HOP_MS).process(np.zeros((3, 2)))
+
+
+def _reference(detector: Detector, scores: np.ndarray) -> list[Event]:
+    """Detector.process as it was: every frame through every class's update()."""
+    events = []
+    for row in scores.tolist():
+        busy = False
+        for one, score in zip(detector.classes, row, strict=True):
+            event = one.update(score)
+            if event is not None:
+                events.append(event)
+            busy = busy or (one.settings.enabled and one.busy)
+        detector.quiet_frames = 0 if busy else detector.quiet_frames + 1
+    return events
+
+
+def _state(detector: Detector) -> list[tuple[object, ...]]:
+    return [
+        (d.frame, d.smoothed, tuple(d._ring), d._pos, d._filled, d._above, d.active, d._peak)
+        for d in detector.classes
+    ] + [(detector.quiet_frames,)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_quiet_blocks_in_one_go_equal_frame_by_frame(seed: int) -> None:
+    """The quiet fast path (ClassDetector.skip_quiet) changes nothing: same events, same state
+    after every block, on scores that are mostly quiet with events, scores just below and at
+    threshold_off, NaN and negative values, in blocks of random sizes."""
+    rng = np.random.default_rng(seed)
+    labels = ["a", "b", "c", "background"]
+    settings = {
+        "a": ClassDetection(threshold_on=0.6, threshold_off=0.3, smoothing_ms=100),
+        "b": ClassDetection(threshold_on=0.5, threshold_off=0.5, smoothing_ms=0, confirm_ms=0),
+        "c": ClassDetection(threshold_on=0.9, threshold_off=0.0, smoothing_ms=250),
+        "background": ClassDetection(enabled=False),
+    }
+    frames = 6000
+    scores = rng.uniform(0, 0.05, size=(frames, 4))
+    for _ in range(40):  # events of every class
+        start, length = int(rng.integers(0, frames - 60)), int(rng.integers(1, 60))
+        scores[start : start + length, rng.integers(0, 4)] = rng.uniform(0.2, 1.0)
+    scores[rng.integers(0, frames, 30), 0] = 0.3  # exactly threshold_off
+    scores[rng.integers(0, frames, 30), 0] = np.nextafter(0.3, 0.0)  # just below it
+    scores[rng.integers(0, frames, 3), 1] = np.nan
+    scores[rng.integers(0, frames, 3), 2] = -1e-6
+    fast, slow = (Detector(labels, settings, HOP_MS) for _ in range(2))
+    position = 0
+    while position < frames:
+        size = int(rng.choice([0, 1, 3, 10, 10, 10, 37]))
+        block = scores[position : position + size]
+        # NaN != NaN: compare the text, which spells NaN the same on both sides
+        assert repr(fast.process(block)) == repr(_reference(slow, block))
+        assert repr(_state(fast)) == repr(_state(slow))
+        position += size
+    assert repr(fast.flush()) == repr(slow.flush())

@@ -6,6 +6,7 @@ No torch here: the fixture ``tests/fixtures/tiny_model.onnx`` is built by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_loads_the_tiny_model_with_its_contract(model: StreamingModel) -> None:
     assert model.provenance["built_by"] == "tests/fixtures/make_tiny_model.py"
     assert model.model_id.startswith("tiny-test-model-")
     assert model.model_id.endswith(model.sha256[:12]) and len(model.sha256) == 64
+    # computed without hashlib (OpenSSL is resident memory the runtime does not need)
+    assert model.sha256 == hashlib.sha256(model.path.read_bytes()).hexdigest()
     options = model._session.get_session_options()
     assert options.intra_op_num_threads == 1
 

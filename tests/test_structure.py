@@ -9,11 +9,18 @@ someone moves it to the top), and so do module names handed to ``importlib`` as 
 
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
+
+from edge_detect import cli
 
 PACKAGE = "edge_detect"
 SOURCE = ROOT / PACKAGE
@@ -147,3 +154,34 @@ def test_every_module_is_under_the_size_limit(folder: str) -> None:
     # webhook.py is being split by the reliability work (issue 17); not this test's to hold
     too_long = {name: n for name, n in sizes.items() if n >= MAX_LINES and name != "webhook.py"}
     assert too_long == {}
+
+
+def test_the_run_command_imports_only_the_audio_path() -> None:
+    """``edge-detect run`` on a device must not pay for evaluation, calibration, the status
+    client or OpenSSL (each import is resident memory, BENCHMARKS.md section 3)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from edge_detect.cli import build_parser
+        parser = build_parser(["run"])
+        from edge_detect.model import load_model
+        load_model(None)
+        heavy = ["hashlib", "ssl", "http.server", "sqlite3", "edge_detect.scoring",
+                 "edge_detect.operating", "edge_detect.calibrate", "edge_detect.status_cli",
+                 "edge_detect.metrics", "edge_detect.webhook", "edge_detect.mqtt"]
+        print([name for name in heavy if name in sys.modules])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_command_table_names_what_each_module_registers() -> None:
+    for module_name, names in cli.RUNTIME_COMMAND_MODULES:
+        parser = argparse.ArgumentParser()
+        subparsers = parser.add_subparsers()
+        importlib.import_module(module_name).register(subparsers, argparse.HelpFormatter)
+        assert tuple(subparsers.choices) == names, module_name
