@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, make_alert
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.audio import write_wav
@@ -73,17 +73,7 @@ def served() -> tuple[DetectorMetrics, MetricsServer]:
 
 
 def _alert(label: str, seq: int = 1) -> Alert:
-    return Alert(
-        id=f"{seq:032x}",
-        seq=seq,
-        label=label,
-        score=0.9,
-        start="2026-01-01T00:00:00.000+00:00",
-        end="2026-01-01T00:00:00.500+00:00",
-        duration_s=0.5,
-        device="test",
-        model_id="m",
-    )
+    return make_alert(seq, label, device="test")
 
 
 def _health(event: str) -> HealthEvent:

@@ -11,11 +11,11 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import conftest
 import pytest
 
 from edge_detect.alerts import Alert, HealthEvent
@@ -107,17 +107,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def make_alert(seq: int, label: str = "dog_bark") -> Alert:
-    return Alert(
-        id=uuid.uuid4().hex,
-        seq=seq,
-        label=label,
-        score=0.9,
-        start="2026-01-01T00:00:00+00:00",
-        end="2026-01-01T00:00:01+00:00",
-        duration_s=1.0,
-        device="Kitchen Pi",
-        model_id="m",
-    )
+    return conftest.make_alert(seq, label, device="Kitchen Pi")
 
 
 def test_discovery_events_health_and_status(tmp_path: Path, broker: Broker) -> None:

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from conftest import make_alert
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
@@ -20,17 +21,8 @@ from edge_detect.throttle import (
 
 
 def alert(seq: int, label: str = "dog_bark", score: float = 0.8) -> Alert:
-    return Alert(
-        id=f"{label}-{seq}",
-        seq=seq,
-        label=label,
-        score=score,
-        start=f"2026-01-01T00:{seq:02d}:00+00:00",
-        end=f"2026-01-01T00:{seq:02d}:01+00:00",
-        duration_s=1.0,
-        device="pi",
-        model_id="m",
-    )
+    """Ids that say which alert got through (the tables below name them)."""
+    return make_alert(seq, label, score=score, device="pi", alert_id=f"{label}-{seq}")
 
 
 def run(policy: ThrottlePolicy, steps: list[tuple[float, str | None]]) -> list[str]:

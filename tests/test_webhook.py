@@ -22,11 +22,11 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import conftest
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -49,17 +49,7 @@ FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.2, give_up_after_s=60.0)
 
 
 def make_alert(seq: int, label: str = "dog_bark") -> Alert:
-    return Alert(
-        id=uuid.uuid4().hex,
-        seq=seq,
-        label=label,
-        score=0.9,
-        start="2026-01-01T00:00:00+00:00",
-        end="2026-01-01T00:00:01+00:00",
-        duration_s=1.0,
-        device="test-pi",
-        model_id="m1",
-    )
+    return conftest.make_alert(seq, label, model_id="m1")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
