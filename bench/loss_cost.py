@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from edge_detect.provenance import provenance, relative_paths
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 RATIO = (2, 2, 1, 26)
 """dog : baby : gunshot : background, the skewed ratio of the comparison."""
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['state_mb']:.4f} | {p['state_mb']:.2f} | {p['peak_rss_increase_mb']:.0f} |"
         )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        record = {"results": results, "provenance": provenance([__file__, *(argv or sys.argv[1:])])}
+        args.json.write_text(json.dumps(relative_paths(record), indent=2) + "\n", encoding="utf-8")
     return 0
 
 

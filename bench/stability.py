@@ -55,6 +55,7 @@ from edge_detect.errors import ConfigError, DatasetError, EdgeDetectError
 from edge_detect.evaluation import Event
 from edge_detect.model import StreamingModel, load_model
 from edge_detect.pipeline import Pipeline, StatePolicy
+from edge_detect.provenance import provenance, relative_paths
 from edge_detect.sources import Block, block_samples
 from edge_detect.streams import LabeledClip, event_free_stream, event_stream, load_clip
 
@@ -732,13 +733,14 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeDetectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result["command"] = "python bench/stability.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    result["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    record = provenance([__file__, *(sys.argv[1:] if argv is None else argv)])
+    result["command"] = record["command"]
+    result["date_utc"] = record["date_utc"]
+    result["provenance"] = record
     print(format_markdown(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(relative_paths(result), indent=2) + "\n"
+        Path(args.json).write_text(text, encoding="utf-8")
         log.info("wrote %s", args.json)
     return 0
 

@@ -36,6 +36,7 @@ from edge_detect.config import load_config
 from edge_detect.errors import ConfigError
 from edge_detect.model import load_model
 from edge_detect.progress import with_progress
+from edge_detect.provenance import provenance, relative_paths
 from edge_detect.sources import WavFileSource
 
 __all__ = ["register"]
@@ -224,7 +225,8 @@ def bench_command(args: argparse.Namespace) -> int:
     )
     print(format_results(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        record = relative_paths({**results, "provenance": provenance()})
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

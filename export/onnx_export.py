@@ -12,11 +12,9 @@ proves on every export that several lengths work and that chunked runs equal a f
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
-import subprocess
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,8 @@ from edge_detect.detect import ClassDetection
 from edge_detect.errors import CheckpointError, ModelError
 from edge_detect.features import FeatureConfig
 from edge_detect.model import INPUT_NAMES, METADATA_KEYS, OUTPUT_NAMES, SCHEMA_VERSION
+from edge_detect.provenance import provenance as build_provenance
+from edge_detect.provenance import relative_paths
 from export.limits import PARITY_CHUNK_FRAMES, PARITY_TOLERANCE
 from train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from train.models import StreamingLSTM
@@ -102,25 +102,6 @@ def default_detection(
         else:
             settings[label] = ClassDetection(enabled=label != _BACKGROUND_LABEL)
     return settings
-
-
-def _git_commit() -> dict[str, Any] | None:
-    """The checkout's commit and whether it had local changes; None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"commit": commit, "dirty": bool(status.strip())}
 
 
 def build_metadata(
@@ -340,15 +321,15 @@ def checkpoint_provenance(data: dict[str, Any], checkpoint: Path) -> dict[str, A
     provenance: dict[str, Any] = {
         "checkpoint": checkpoint.name,
         "checkpoint_sha256": file_sha256(checkpoint),
-        "exported_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "exporter": f"edge-detect {__version__}, torch {torch.__version__}, opset {OPSET}",
-        "git": _git_commit(),
+        "export": build_provenance(),  # commit, dirty, versions, host, command, date
         "model_config": data.get("model_config"),
         "data": data.get("data"),
         "metrics": data.get("metrics"),
         "quantization": "none",
     }
-    return provenance
+    # the checkpoint's data record holds the training machine's paths (its manifest)
+    return dict(relative_paths(provenance))
 
 
 def export_checkpoint(

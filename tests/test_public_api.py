@@ -134,6 +134,13 @@ MODULES = {
     },
     "outbox": {"DEFAULT_MAX_DEAD", "DEFAULT_MAX_PENDING", "DeadLetter", "Outbox", "Record"},
     "pipeline": {"ALERT_ON", "Pipeline", "RunStats", "StatePolicy", "iso_time"},
+    "provenance": {
+        "REPORTED_PACKAGES",
+        "checkout_root",
+        "git_state",
+        "provenance",
+        "relative_paths",
+    },
     "scoring": {
         "ClipResult",
         "alert_events",
