@@ -48,6 +48,8 @@ class Alert:
     """Additional fields (kept out of the stable core)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object: fields by name, ``label`` as ``class``, ``extra`` merged in, ``clip``
+        only when set, then ``type`` and ``v``."""
         data = dataclasses.asdict(self)
         data["class"] = data.pop("label")
         extra = data.pop("extra")
@@ -64,6 +66,8 @@ class Alert:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Alert:
+        """Read an alert back from :meth:`to_dict`'s form; unknown fields go to ``extra``.
+        ``ValueError`` for another type or schema version."""
         data = dict(data)
         if data.pop("type", "alert") != "alert" or data.pop("v", None) != ALERT_SCHEMA_VERSION:
             raise ValueError(f"not a version-{ALERT_SCHEMA_VERSION} alert: {data!r}")
@@ -89,10 +93,12 @@ class HealthEvent:
     """Human-readable detail (never secrets)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object: the fields by name, then ``type`` (``health``) and ``v``."""
         data = dataclasses.asdict(self)
         data["type"] = "health"
         data["v"] = ALERT_SCHEMA_VERSION
         return data
 
     def to_json(self) -> str:
+        """One JSON line (no trailing newline)."""
         return _dumps(self.to_dict())

@@ -54,6 +54,7 @@ class Audio:
 
     @property
     def duration_s(self) -> float:
+        """Length in seconds."""
         return len(self.samples) / self.sample_rate_hz
 
 

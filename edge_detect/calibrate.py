@@ -98,6 +98,8 @@ def write_calibrated_model(
 
 
 def format_calibration_table(record: dict[str, Any], model_id: str, out: Path) -> str:
+    """The chosen settings per class and their validation figures, as a text table."""
+
     def show(value: Any, spec: str = ".3f") -> str:
         return "-" if value is None else format(value, spec)
 
@@ -199,6 +201,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
+    """Add ``edge-detect calibrate`` to the CLI's subcommands."""
     parser = subparsers.add_parser(
         "calibrate",
         help="choose per-class thresholds on a validation stream for a false-alarm target",

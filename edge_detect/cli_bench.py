@@ -236,6 +236,7 @@ def format_results(results: dict[str, Any]) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
+    """Add ``edge-detect bench`` to the CLI's subcommands."""
     bench = subparsers.add_parser(
         "bench",
         help="measure CPU, latency, memory and start-up of the runtime (BENCHMARKS.md section 3)",

@@ -193,6 +193,7 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
+    """Add ``edge-detect clips`` (list, false) to the CLI's subcommands."""
     clips = subparsers.add_parser(
         "clips",
         help="list the clips saved around alerts; copy false alarms into a training folder",

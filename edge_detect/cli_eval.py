@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    """``eval clips``' summary as a text table: per class clips, errors, error rate, false
+    alerts."""
     lines = [
         f"model {summary['model_id']}: {summary['clips']} clips, "
         f"accuracy {summary['accuracy']:.3f}",
@@ -77,6 +79,7 @@ def eval_clips_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
+    """Add ``edge-detect eval`` (clips, stream) to the CLI's subcommands."""
     evaluate = subparsers.add_parser(
         "eval", help="evaluate a model with the runtime's own code path", formatter_class=formatter
     )
@@ -118,6 +121,9 @@ manifest; evaluating on the manifest a model was calibrated on is warned about.
 
 
 def format_stream_table(summary: dict[str, Any]) -> str:
+    """``eval stream``'s summary as a text table: per ratio and class, then the miss rates at the
+    false-alarm targets."""
+
     def show(value: Any, spec: str = ".3f") -> str:
         return "-" if value is None else format(value, spec)
 

@@ -223,6 +223,7 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
+    """Add ``edge-detect run`` and ``edge-detect devices`` to the CLI's subcommands."""
     run = subparsers.add_parser(
         "run",
         help="detect events from a microphone, a WAV file or raw PCM on stdin",

@@ -45,10 +45,13 @@ class ClassDetection:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/TOML-ready), the form stored in model metadata."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassDetection:
+        """Build from a table; unknown keys and values of the wrong type are refused with
+        ConfigError."""
         if not isinstance(data, dict):
             raise ConfigError(f"detection settings must be a table, got {type(data).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
@@ -90,6 +93,7 @@ class Event:
 
     @property
     def num_frames(self) -> int:
+        """Length in frames (so far, for an onset)."""
         return self.end_frame - self.start_frame
 
 
@@ -278,6 +282,7 @@ class Detector:
         return self.classes[0].frame if self.classes else 0
 
     def reset(self) -> None:
+        """Reset every class's state machine and the quiet count (start of a new stream)."""
         for detector in self.classes:
             detector.reset()
         self.quiet_frames = 0

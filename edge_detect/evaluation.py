@@ -44,30 +44,37 @@ class ClassCounts:
 
     @property
     def fn(self) -> int:
+        """Reference events not found (misses), substitutions excluded."""
         return self.n_ref - self.tp - self.subs
 
     @property
     def fp(self) -> int:
+        """Estimated events that match no reference (false alarms), substitutions excluded."""
         return self.n_sys - self.tp - self.subs
 
     @property
     def precision(self) -> float:
+        """TP / Nsys (NaN without estimates)."""
         return self.tp / self.n_sys if self.n_sys else math.nan
 
     @property
     def recall(self) -> float:
+        """TP / Nref (NaN without references)."""
         return self.tp / self.n_ref if self.n_ref else math.nan
 
     @property
     def f1(self) -> float:
+        """2 TP / (Nref + Nsys) (NaN when both are 0)."""
         total = self.n_ref + self.n_sys
         return 2 * self.tp / total if total else math.nan
 
     @property
     def error_rate(self) -> float:
+        """(S + FN + FP) / Nref (NaN without references)."""
         return (self.subs + self.fn + self.fp) / self.n_ref if self.n_ref else math.nan
 
     def as_dict(self) -> dict[str, float]:
+        """Counts and rates by name (sed_eval's keys)."""
         return {
             "n_ref": self.n_ref,
             "n_sys": self.n_sys,

@@ -98,6 +98,7 @@ class Sample:
     value: float
 
     def label(self, key: str) -> str | None:
+        """The value of label ``key`` of this sample, or None."""
         return dict(self.labels).get(key)
 
 
@@ -157,15 +158,18 @@ class Registry:
             self._families[family.name] = family
 
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        """Declare a counter family (``name`` ends in ``_total``)."""
         family = _Family(name, "counter", help_text, labels)
         if not family.label_names:
             family.values[()] = 0.0  # a counter without labels starts at a visible zero
         self._add(family)
 
     def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        """Declare a gauge family."""
         self._add(_Family(name, "gauge", help_text, labels))
 
     def histogram(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
+        """Declare a histogram with these upper bucket bounds (``+Inf`` is added)."""
         self._add(_Histogram(name, help_text, buckets))
 
     def inc(self, name: str, amount: float = 1.0, labels: Mapping[str, str] | None = None) -> None:
@@ -191,6 +195,7 @@ class Registry:
             family.observe(value)
 
     def add_collector(self, collector: Collector) -> None:
+        """Call ``collector`` at every scrape (it sets gauges from an object's own figures)."""
         with self._lock:
             self._collectors.append(collector)
 
@@ -367,12 +372,15 @@ class DetectorMetrics(Registry):
         self.set(f"{PREFIX}outbox_depth", pending)
 
     def delivered(self, endpoint: str, count: int = 1) -> None:
+        """Count ``count`` alerts delivered to ``endpoint``."""
         self.inc(f"{PREFIX}deliveries_total", count, {"endpoint": endpoint})
 
     def delivery_failed(self, endpoint: str, count: int = 1) -> None:
+        """Count ``count`` failed delivery attempts to ``endpoint``."""
         self.inc(f"{PREFIX}delivery_failures_total", count, {"endpoint": endpoint})
 
     def dead_letter(self, endpoint: str, count: int = 1) -> None:
+        """Count ``count`` alerts given up on (dead letters) for ``endpoint``."""
         self.inc(f"{PREFIX}dead_letters_total", count, {"endpoint": endpoint})
 
     def healthy(self, *, now: float | None = None) -> tuple[bool, str]:
@@ -436,6 +444,7 @@ class MetricsSink:
         self.server = server
 
     def emit(self, message: Alert | HealthEvent) -> None:
+        """Count an alert by class, or a health event by kind."""
         if isinstance(message, Alert):
             self.metrics.alert(message.label)
         elif message.event == "microphone_lost":
@@ -462,6 +471,7 @@ class MetricsSink:
         self.metrics.add_collector(collect)
 
     def close(self) -> None:
+        """Stop the HTTP server, if this sink started one."""
         if self.server is not None:
             self.server.close()
 
@@ -556,10 +566,12 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
+        """The address to scrape, e.g. ``http://127.0.0.1:9105/metrics``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
+        """Stop serving and release the port."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -310,10 +310,12 @@ class StreamingModel:
 
     @property
     def n_mels(self) -> int:
+        """Mel bands per feature frame (``feature_config.n_mels``)."""
         return self.feature_config.n_mels
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (columns of :meth:`step`'s scores)."""
         return len(self.labels)
 
     def initial_state(self) -> LSTMState:

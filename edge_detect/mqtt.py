@@ -145,16 +145,20 @@ class MqttSink:
 
     @property
     def status_topic(self) -> str:
+        """Topic of the retained online/offline status (the last will)."""
         return f"{self.base_topic}/status"
 
     def event_topic(self, label: str) -> str:
+        """Topic of one class's alerts."""
         return f"{self.base_topic}/event/{node_id(label)}"
 
     @property
     def health_topic(self) -> str:
+        """Topic of health events."""
         return f"{self.base_topic}/health"
 
     def discovery_topic(self, label: str) -> str:
+        """Home Assistant discovery topic of one class's event entity."""
         return f"{self.discovery_prefix}/event/{self.node}/{node_id(label)}/config"
 
     def discovery_config(self, label: str) -> dict[str, Any]:

@@ -405,6 +405,7 @@ class Outbox:
         return [Record(*row) for row in rows]
 
     def pending_count(self, endpoint: str | None = None) -> int:
+        """Records waiting for delivery, for one endpoint or all."""
         where, params = ("WHERE endpoint=?", (endpoint,)) if endpoint is not None else ("", ())
         with self._lock:
             (count,) = self._db.execute(f"SELECT COUNT(*) FROM pending {where}", params).fetchone()

@@ -32,6 +32,7 @@ class JsonLinesSink:
         self._health = health
 
     def emit(self, message: Alert | HealthEvent) -> None:
+        """Write one JSON line (health events only when asked for) and flush it."""
         if isinstance(message, HealthEvent) and not self._health:
             return
         stream = self._stream or sys.stdout
@@ -39,5 +40,6 @@ class JsonLinesSink:
         stream.flush()
 
     def close(self) -> None:
+        """Flush the stream (it is not closed: it may be stdout)."""
         stream = self._stream or sys.stdout
         stream.flush()

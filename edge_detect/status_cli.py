@@ -201,6 +201,7 @@ def _handler(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction, formatter: Any) -> None:
+    """Add ``edge-detect status`` to the CLI's subcommands."""
     parser = subparsers.add_parser(
         "status",
         help="show the running detector's health and figures (from its metrics endpoint)",

@@ -86,6 +86,7 @@ class TestStream:
 
     @property
     def duration_s(self) -> float:
+        """Length in seconds."""
         return len(self.samples) / self.sample_rate_hz
 
 

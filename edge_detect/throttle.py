@@ -229,6 +229,8 @@ class ThrottledSink:
         self._timer.start()
 
     def emit(self, message: Alert | HealthEvent) -> None:
+        """Health events pass at once; alerts go through the policy (sent, or counted for a
+        summary)."""
         if isinstance(message, HealthEvent):
             self.inner.emit(message)
             return

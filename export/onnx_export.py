@@ -77,6 +77,7 @@ class ScoresModel(nn.Module):
     def forward(
         self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores and the new state of one chunk: ``(B, T, F), h, c -> (B, T, C), h, c``."""
         logits, h_out, c_out = self.model(features, h, c)  # (B, T, C), (L, B, H), (L, B, H)
         return torch.softmax(logits, dim=-1), h_out, c_out
 
@@ -196,13 +197,16 @@ class ParityReport:
 
     @property
     def worst(self) -> float:
+        """The largest difference found, over scores and state."""
         return max((max(s, t) for _, s, t in self.rows), default=0.0)
 
     @property
     def passed(self) -> bool:
+        """True when no difference exceeds the tolerance."""
         return self.worst <= self.tolerance
 
     def format(self) -> str:
+        """The comparisons as a text table."""
         lines = [f"{'parity check':<44} {'max |d score|':>14} {'max |d state|':>14}"]
         for what, score, state in self.rows:
             lines.append(f"{what:<44} {score:>14.2e} {state:>14.2e}")

@@ -132,11 +132,13 @@ class Int8Report:
 
     @property
     def f1_drop_points(self) -> float | None:
+        """fp32 minus int8 macro F1, in points (None when the metric is not macro F1)."""
         if not self.metric.startswith("macro F1"):
             return None
         return 100.0 * (self.fp32_value - self.int8_value)
 
     def format(self) -> str:
+        """The comparison as a text table."""
         kib32, kib8 = self.fp32_bytes / 1024, self.int8_bytes / 1024
         lines = [
             f"int8 size   {kib8:8.1f} KiB  vs fp32 {kib32:.1f} KiB  ({kib8 / kib32:.0%})",
