@@ -16,7 +16,7 @@ module's own ``__all__`` is its surface. A minimal detector::
 """
 
 # first: modules that import it from the package must find it even while the package loads
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from edge_detect.alerts import Alert, HealthEvent  # noqa: E402
 from edge_detect.audio import (  # noqa: E402

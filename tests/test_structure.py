@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+import edge_detect
 from edge_detect import cli
 
 PACKAGE = "edge_detect"
@@ -185,3 +186,18 @@ def test_the_command_table_names_what_each_module_registers() -> None:
         subparsers = parser.add_subparsers()
         importlib.import_module(module_name).register(subparsers, argparse.HelpFormatter)
         assert tuple(subparsers.choices) == names, module_name
+
+
+def test_pre_commit_runs_what_ci_runs() -> None:
+    """Each lint command of .ci/run has a pre-commit hook with the same command."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    hooks = (ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8")
+    entries = [line.split(":", 1)[1].strip() for line in hooks.splitlines() if "entry:" in line]
+    for command in ("ruff check", "ruff format --check", "mypy"):
+        assert command in ci
+        assert command in entries
+
+
+def test_the_version_has_a_changelog_entry() -> None:
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert f"## {edge_detect.__version__} " in changelog
