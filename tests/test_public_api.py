@@ -134,6 +134,7 @@ MODULES = {
     },
     "outbox": {"DEFAULT_MAX_DEAD", "DEFAULT_MAX_PENDING", "DeadLetter", "Outbox", "Record"},
     "pipeline": {"ALERT_ON", "Pipeline", "RunStats", "StatePolicy", "iso_time"},
+    "progress": {"Progress", "progress", "with_progress"},
     "provenance": {
         "REPORTED_PACKAGES",
         "checkout_root",
