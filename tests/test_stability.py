@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -191,7 +192,10 @@ def test_command_line_short_run_and_a_clear_error(tmp_path):
     assert "| class | events |" in ok.stdout
     saved = json.loads(out.read_text())
     assert saved["hours"] == 0.06 and saved["block_ms"] == 100.0
-    assert saved["command"].endswith("--hours 0.06 --bundled --json " + str(out))
+    # the command line as run, its paths relative to the checkout (no path of this machine)
+    relative = os.path.relpath(out, SCRIPT.parent.parent)
+    assert saved["command"] == f"python bench/stability.py --hours 0.06 --bundled --json {relative}"
+    assert saved["provenance"]["command"] == saved["command"]
     bad = subprocess.run(
         [sys.executable, str(SCRIPT), "--hours", "0.01", "--bundled"],
         capture_output=True,
