@@ -148,7 +148,7 @@ def _threshold_free(
     targets: np.ndarray, probs: np.ndarray, num_classes: int
 ) -> dict[str, np.ndarray]:
     """Per-class ROC-AUC, average precision and equal error rate, one class against the rest."""
-    from train.trainer import _auc  # the trainer's rank AUC (ties averaged)
+    from train.evaluate import auc as _auc  # the trainer's rank AUC (ties averaged)
 
     out = {"auc": np.full(num_classes, np.nan), "ap": np.full(num_classes, np.nan)}
     out["eer"] = np.full(num_classes, np.nan)
@@ -208,7 +208,7 @@ def mix_events(
     samples by the ratio; the event keeps its own level (and its active frames, over which the
     clip score is averaged, as for the clean clip). A mixture that would clip is scaled down.
     """
-    from train.trainer import ClipAudio
+    from train.sequences import ClipAudio
 
     names = [str(item.clip.path) for item in test_items]
     beds = [
@@ -278,7 +278,7 @@ class Scored:
 
 
 def _score_items(model: Any, items: Sequence[Any], config: Any, ratio_db: Any) -> Scored:
-    from train.trainer import clip_scores
+    from train.evaluate import clip_scores
 
     probs, _, targets = clip_scores(model, items, config)
     return Scored(np.asarray([i.clip.group for i in items]), targets, probs, np.asarray(ratio_db))
@@ -295,7 +295,7 @@ class _Runner:
 
     def dataset(self, config: Any) -> Any:
         """The loaded dataset of ``config`` (methods of one seed share it; one kept at a time)."""
-        from train.trainer import load_dataset
+        from train.splits import load_dataset
 
         whole = config.to_dict()
         key = json.dumps([whole["data"], whole["features"]], sort_keys=True)
@@ -324,7 +324,8 @@ class _Runner:
     def run(self, preset: Path, ratio: list[int], method: str, seed: int) -> dict[str, Any]:
         from train.checkpoint import load_checkpoint, model_from_checkpoint
         from train.config import TrainConfig, load_config
-        from train.trainer import _band_check, train
+        from train.evaluate import band_check as _band_check
+        from train.trainer import train
 
         args = self.args
         overrides: dict[str, Any] = {

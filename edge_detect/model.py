@@ -5,7 +5,7 @@ An edge-detect model is one streaming step of a recurrent network::
     features  float32 [batch, frames, n_mels]        raw log-mel frames (edge_detect.features)
     h, c      float32 [num_layers, batch, hidden]     recurrent state going in
     ->
-    scores    float32 [batch, frames, classes]        per-frame class probabilities (sum to 1)
+    scores    float32 [batch, frames, classes]        per-frame class probabilities
     h_out, c_out                                      the state after the last frame
 
 ``frames`` is a dynamic axis, so the runtime can feed any number of frames per call (about 100 ms
@@ -59,6 +59,7 @@ METADATA_KEYS: dict[str, str] = {
     "detection": _PREFIX + "detection",  # JSON {label: ClassDetection.to_dict()}
     "provenance": _PREFIX + "provenance",  # JSON: data, licenses, checkpoint hash, commit, ...
     "name": _PREFIX + "name",  # short human name of the model
+    "scores": _PREFIX + "scores",  # "softmax" (rows sum to 1; the default) or "sigmoid"
 }
 """Metadata key of each field, as stored in the ONNX file's ``metadata_props``."""
 _REQUIRED_FIELDS = ("schema_version", "labels", "feature_config", "detection")
@@ -71,6 +72,10 @@ OUTPUT_NAMES = ("scores", "h_out", "c_out")
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "default_model.onnx"
 """The packaged model, exported by ``edge-detect export`` from a trained checkpoint."""
 
+SCORE_KINDS = ("softmax", "sigmoid")
+"""What a model's ``scores`` are: one distribution over the classes per frame ('softmax', rows
+sum to 1: every frame is *some* class), or one independent probability per class ('sigmoid',
+one-vs-rest: a frame may be none of the event classes)."""
 _PROBABILITY_TOLERANCE = 1e-3
 """How far the scores of one frame may sum from 1 before the model counts as emitting logits."""
 _ID_HASH_CHARS = 12
@@ -200,6 +205,17 @@ def _parse_metadata(
     return tuple(labels), feature_config, detection, provenance
 
 
+def _score_kind(meta: dict[str, str], where: str) -> str:
+    """The model's :data:`SCORE_KINDS` entry ('softmax' when the key is absent: older files)."""
+    kind = meta.get(METADATA_KEYS["scores"], "softmax")
+    if kind not in SCORE_KINDS:
+        raise ModelError(
+            f"{where}: metadata {METADATA_KEYS['scores']} must be one of {SCORE_KINDS}, found "
+            f"{kind!r}; re-export the model with 'edge-detect export'"
+        )
+    return kind
+
+
 def _check_graph(session: Any, n_mels: int, n_classes: int, where: str) -> tuple[int, int]:
     """Check names, types and shapes of the graph's inputs and outputs; (num_layers, hidden)."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -290,6 +306,8 @@ class StreamingModel:
         """Default post-processing settings per label, from training."""
         self.provenance: dict[str, Any] = provenance
         """Training data and licenses, checkpoint hash, git commit, date, validation metrics."""
+        self.score_kind: str = _score_kind(self.metadata, where)
+        """'softmax' (each frame's scores sum to 1) or 'sigmoid' (one probability per class)."""
         self.num_layers, self.hidden_size = _check_graph(
             self._session, feature_config.n_mels, len(labels), where
         )
@@ -361,7 +379,8 @@ class StreamingModel:
         Returns
         -------
         ndarray, float32, shape (frames, classes)
-            Per-frame class probabilities, columns in the order of :attr:`labels`.
+            Per-frame class probabilities, columns in the order of :attr:`labels` (a
+            distribution per frame, or one-vs-rest probabilities: :attr:`score_kind`).
         """
         x = np.asarray(features, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.feature_config.n_mels:
@@ -389,6 +408,16 @@ class StreamingModel:
         finally:
             self.reset()
         total = float(scores.sum())
+        if self.score_kind == "sigmoid":
+            if scores.shape != (1, self.num_classes) or not (
+                np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+            ):
+                raise ModelError(
+                    f"{where}: 'scores' must be one probability in [0, 1] per class and frame "
+                    f"(metadata says sigmoid), got shape {scores.shape} with values "
+                    f"{np.round(scores, 4).tolist()}; was the sigmoid left out at export?"
+                )
+            return
         if scores.shape != (1, self.num_classes) or abs(total - 1.0) > _PROBABILITY_TOLERANCE:
             raise ModelError(
                 f"{where}: 'scores' must be class probabilities (one row per frame summing to 1), "

@@ -4,10 +4,12 @@ The exported graph is one streaming step (see :mod:`edge_detect.model` for the c
 
     features [batch, frames, n_mels], h, c  ->  scores [batch, frames, classes], h_out, c_out
 
-``scores`` are probabilities: softmax is part of the graph, so the runtime never guesses whether
-it received logits. The TorchScript exporter (``dynamo=False``) is used because torch 2.13's
-default dynamo exporter fixes an LSTM's time axis at the example's length; :func:`check_parity`
-proves on every export that several lengths work and that chunked runs equal a full run.
+``scores`` are probabilities: the softmax (or, for a one-vs-rest model, the sigmoid per class)
+is part of the graph, so the runtime never guesses whether it received logits; the metadata key
+``edge_detect.scores`` says which. The TorchScript exporter (``dynamo=False``) is used because
+torch 2.13's default dynamo exporter fixes an LSTM's time axis at the example's length;
+:func:`check_parity` proves on every export that several lengths work and that chunked runs
+equal a full run.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from edge_detect.provenance import provenance as build_provenance
 from edge_detect.provenance import relative_paths
 from export.limits import PARITY_CHUNK_FRAMES, PARITY_TOLERANCE
 from train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from train.models import StreamingLSTM
+from train.models import StreamingLSTM, probabilities
 
 __all__ = [
     "OPSET",
@@ -68,7 +70,8 @@ class ParityError(ModelError):
 
 
 class ScoresModel(nn.Module):
-    """The streaming LSTM with softmax on top: (features, h, c) -> (probabilities, h_out, c_out)."""
+    """The streaming LSTM with its output function on top (softmax, or sigmoid per class):
+    (features, h, c) -> (probabilities, h_out, c_out)."""
 
     def __init__(self, model: StreamingLSTM) -> None:
         super().__init__()
@@ -79,7 +82,7 @@ class ScoresModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores and the new state of one chunk: ``(B, T, F), h, c -> (B, T, C), h, c``."""
         logits, h_out, c_out = self.model(features, h, c)  # (B, T, C), (L, B, H), (L, B, H)
-        return torch.softmax(logits, dim=-1), h_out, c_out
+        return probabilities(logits, self.model.config.output), h_out, c_out
 
 
 def default_detection(
@@ -112,8 +115,10 @@ def build_metadata(
     detection: dict[str, ClassDetection],
     name: str,
     provenance: dict[str, Any],
+    scores: str = "softmax",
 ) -> dict[str, str]:
-    """The ONNX ``metadata_props`` that :func:`edge_detect.model.load_model` reads."""
+    """The ONNX ``metadata_props`` that :func:`edge_detect.model.load_model` reads; ``scores``
+    is the graph's output function ('softmax' or 'sigmoid')."""
 
     def dump(value: Any) -> str:
         # default=str: provenance may hold paths or dates; sort_keys: stable bytes per export
@@ -126,6 +131,7 @@ def build_metadata(
         METADATA_KEYS["detection"]: dump({k: v.to_dict() for k, v in detection.items()}),
         METADATA_KEYS["provenance"]: dump(provenance),
         METADATA_KEYS["name"]: name,
+        METADATA_KEYS["scores"]: scores,
     }
 
 
@@ -370,6 +376,7 @@ def export_checkpoint(
         detection=detection,
         name=name or output.stem,
         provenance=checkpoint_provenance(data, checkpoint),
+        scores=model.config.output,
     )
     # Written beside the target and moved in place only after parity passed: a model that
     # failed its check never sits where a deploy script would pick it up.

@@ -85,7 +85,7 @@ def _read(out: Path, part: str) -> list[dict[str, str]]:
 
 def test_split_csvs_are_the_trainers_split(tmp_path: Path) -> None:
     from train.config import load_config
-    from train.trainer import split_clips
+    from train.splits import split_clips
 
     manifest = _dataset(tmp_path)
     preset = _preset(tmp_path, manifest)

@@ -326,3 +326,44 @@ def test_cli_int8_gate_fails_and_removes_the_int8_model(exported, tmp_path: Path
     assert "loses too much: macro F1 drops" in result.stderr and "(> -1.0)" in result.stderr
     assert "--no-int8-check" in result.stderr
     assert out.is_file() and not (tmp_path / "gate.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_centroid_head_and_sigmoid_scores_export_with_parity(tmp_path: Path, output: str) -> None:
+    # the cluster method's cosine head over 6 + 1 + 2 + 16 prototypes, either output function
+    config = ModelConfig(
+        n_mels=40,
+        num_classes=4,
+        hidden_size=16,
+        embedding_dim=8,
+        head="centroid",
+        head_clusters=[6, 1, 2, 16],
+        output=output,
+    )
+    model = _model(config, seed=2)
+    with torch.no_grad():  # prototypes somewhere other than their random start
+        model.classifier.weight.add_(0.3 * torch.randn_like(model.classifier.weight))
+    checkpoint = _checkpoint(tmp_path / "centroid.pt", model)
+    path, report, _ = export_checkpoint(checkpoint, tmp_path / "centroid.onnx")
+    assert report.passed and report.worst < 1e-4, report.format()
+    runtime = load_model(path)
+    assert runtime.score_kind == output
+    x = np.random.default_rng(4).normal(-10, 3, (57, 40)).astype(np.float32)
+    with torch.no_grad():
+        logits, _, _ = model(torch.from_numpy(x[None]))
+    expected = (torch.sigmoid(logits) if output == "sigmoid" else torch.softmax(logits, -1))[0]
+    got = np.concatenate([runtime.step(x[:7]), runtime.step(x[7:])])
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    if output == "sigmoid":  # one-vs-rest: rows are not distributions
+        assert np.abs(got.sum(1) - 1.0).max() > 1e-2
+
+
+def test_an_unknown_score_kind_is_refused(exported, tmp_path: Path) -> None:
+    _, path, _ = exported
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEYS["scores"]:
+            prop.value = "logits"
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelError, match="must be one of"):
+        load_model(tmp_path / "bad.onnx")

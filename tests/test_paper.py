@@ -20,7 +20,7 @@ sf = pytest.importorskip("soundfile")
 from edge_detect.errors import DatasetError  # noqa: E402
 from edge_detect.streams import active_span, rms_db  # noqa: E402
 from train.datasets import Clip  # noqa: E402
-from train.trainer import ClipAudio  # noqa: E402
+from train.sequences import ClipAudio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_paper", ROOT / "bench" / "paper.py")

@@ -20,7 +20,8 @@ from edge_detect.cli import main  # noqa: E402
 from edge_detect.errors import CheckpointError, ConfigError  # noqa: E402
 from train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from train.config import CHECKOUT, TrainConfig, load_config  # noqa: E402
-from train.trainer import IGNORE, ClipAudio, SequenceBuilder, frame_activity, train  # noqa: E402
+from train.sequences import IGNORE, ClipAudio, SequenceBuilder, frame_activity  # noqa: E402
+from train.trainer import train  # noqa: E402
 
 RATE = 16_000
 LABELS = ["dog_bark", "baby_cry", "gun_shot", "background"]
@@ -259,7 +260,7 @@ def test_two_process_torchrun_keeps_centroids_and_weights_identical(
 def test_ratio_subset_is_exact_and_refuses_what_the_split_cannot_give() -> None:
     from edge_detect.errors import DatasetError
     from train.datasets import Clip
-    from train.trainer import _ratio_subset
+    from train.splits import ratio_subset as _ratio_subset
 
     clips = [
         Clip(Path(f"{label}{i}.wav"), label, label, f"g{label}{i}")
@@ -364,3 +365,84 @@ def test_cnn_crops_have_a_fixed_length_and_the_clip_label(
     # the short clip fills its 0.2 s; the rest is silence (the log floor)
     features, _ = builder.crop(0, rng, augment=False)
     assert features[:15].mean(1).min() > features[-5:].mean(1).max() + 10.0
+
+
+@pytest.fixture(scope="module")
+def skewed_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four times as much background as each event class: background gets several clusters."""
+    root = tmp_path_factory.mktemp("skewed_corpus")
+    rng = np.random.default_rng(1)
+    rows = ["path,label,group,license,source,notes"]
+    for label in LABELS:
+        for i in range(CLIPS_PER_CLASS * (4 if label == "background" else 1)):
+            rel = f"audio/{label}/{label}_{i}.wav"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(root / rel, _clip(label, rng), RATE, subtype="PCM_16")
+            rows.append(f"{rel},{label},{label}-{i},CC BY 4.0,generated,")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return root / "manifest.csv"
+
+
+def test_cluster_run_splits_on_the_warmed_encoder_and_classifies_from_the_centroids(
+    skewed_manifest: Path, tmp_path: Path
+) -> None:
+    config = _tiny_config(
+        skewed_manifest, tmp_path, method="cluster", epochs=5, embed_epochs=3, split_epochs=2
+    )
+    result = train(config, progress=False)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    history = metrics["history"]
+    # one centroid per class for two epochs, then the split; only split epochs compete
+    assert [h.get("split", False) for h in history] == [False, True, False, False, False]
+    assert metrics["best_embedding_epoch"] in (2, 3)
+    assert [h["stage"] for h in history] == [1, 1, 1, 2, 2]
+    assert all("val_nearest_mean_error" in h for h in history)
+    data = load_checkpoint(result.checkpoint)
+    assert data["model_config"]["head"] == "centroid"
+    assert data["model_config"]["head_clusters"][LABELS.index("background")] > 1
+    assert (
+        sum(data["model_config"]["head_clusters"])
+        == data["model_state"]["classifier.weight"].shape[0]
+    )
+
+
+def test_classifier_stage_starts_from_the_best_embedding_epoch(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    import math
+
+    import torch.nn.functional as F
+
+    from train.splits import load_dataset
+    from train.trainer import _setup, _start_classifier_stage
+
+    config = _tiny_config(tiny_manifest, tmp_path, method="cluster", epochs=4, embed_epochs=2)
+    loop = _setup(config, load_dataset(config), 0, 1, tmp_path)
+    assert loop.cluster_loss is not None
+    # the best embedding epoch: other weights than the current ones, and split centroids
+    best_model = {
+        k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in loop.model.state_dict().items()
+    }
+    points = F.normalize(torch.randn(200, 8), dim=1)
+    targets = torch.arange(200) % 4
+    loop.cluster_loss.split(points, targets)
+    best_clusters = {k: v.clone() for k, v in loop.cluster_loss.state_dict().items()}
+    loop.cluster_loss.sums.mul_(-1.0)  # what the last epoch left: not the best
+    loop.best_embedding = {
+        "score": 0.1,
+        "epoch": 1,
+        "model_state": best_model,
+        "cluster_state": best_clusters,
+    }
+    _start_classifier_stage(loop, 2)
+    assert loop.stage == 2 and loop.stage_start == 2
+    state = loop.model.state_dict()
+    for key, value in best_model.items():
+        if not key.startswith("classifier."):
+            assert torch.equal(state[key], value), key
+    expected = F.normalize(best_clusters["sums"][best_clusters["active"]], dim=1)
+    assert torch.allclose(F.normalize(loop.model.classifier.weight.detach(), dim=1), expected)
+    assert math.isclose(
+        float(loop.model.classifier.log_scale.detach().exp()), 2 / 0.1, rel_tol=1e-6
+    )

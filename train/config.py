@@ -20,7 +20,7 @@ from typing import Any
 from edge_detect.errors import ConfigError
 from edge_detect.features import FeatureConfig
 from train.losses import BASELINE_METHODS
-from train.models import ModelConfig
+from train.models import HEADS, ModelConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,6 +40,8 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 """The source checkout; relative paths in a preset are resolved against it."""
 
 METHODS = (*BASELINE_METHODS, "cluster")
+SIGMOID_OK = ("weighted_ce", "ce")
+"""Methods with a one-vs-rest form (binary cross-entropy per class, weighted or not)."""
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,15 @@ class OptimConfig:
     """'cluster' (two stages: centroid embedding loss, then classifier with encoder
     fine-tuning), or a one-stage baseline: 'weighted_ce', 'ce', 'logit_adjusted', 'focal'."""
     epochs: int = 30
-    """Epochs in total (for 'cluster': embedding stage + classifier stage)."""
+    """Epochs in total at most (for 'cluster': embedding stage + classifier stage): the budget."""
+    patience: int = 0
+    """Early stopping: end a stage after this many epochs without a better validation score
+    (0 = run the whole budget). The best epoch is kept either way."""
     embed_epochs: int = 10
-    """'cluster' only: epochs of the embedding stage."""
+    """'cluster' only: epochs of the embedding stage at most (it may stop early, see
+    ``patience``); the classifier stage gets the rest of ``epochs``."""
+    warmup_steps: int = 20
+    """Steps of linear learning-rate warm-up at the start of each stage (then cosine decay)."""
     batch_size: int = 32
     """Sequences per batch."""
     lr: float = 3e-3
@@ -131,7 +139,23 @@ class OptimConfig:
     """'cluster': average each sequence's sampled frames into one embedding (one per clip, as
     the clip-level method) instead of scoring every frame."""
     refresh_epochs: int = 2
-    """'cluster': re-run k-means on recent embeddings every this many epochs."""
+    """'cluster': re-fit the centroids on recent embeddings every this many epochs (warm: from
+    the current centroids, so assignments do not reshuffle)."""
+    split_epochs: int = 3
+    """'cluster': embedding-stage epochs with one centroid per class before each class is split
+    into K_c = round(n_c / n_min) clusters by k-means on the warmed encoder (0 = split the
+    untrained encoder at the start, as first implemented; a value >= embed_epochs splits at the
+    end of the stage)."""
+    split: bool = True
+    """'cluster': split the classes into clusters at all (False = one centroid per class: the
+    ablation of the paper's split)."""
+    balance_classes: bool = True
+    """'cluster': weight the centroid loss so that every class has the same total weight in a
+    batch (as inverse-frequency weights balance the baseline)."""
+    cluster_head: str = "centroid"
+    """'cluster': the classifier of stage 2: 'centroid' (a cosine head started from the
+    normalised centroids, so stage 2 starts from the nearest-centroid rule) or 'linear' (a
+    randomly initialised linear layer, as first implemented)."""
     temperature: float = 0.1
     """'cluster': softmax temperature T of the centroid loss."""
     margin: float = 0.1
@@ -202,6 +226,21 @@ class TrainConfig:
             raise ConfigError(
                 f"optim.classifier_loss must be one of {BASELINE_METHODS}, "
                 f"got {self.optim.classifier_loss!r}"
+            )
+        if self.optim.cluster_head not in HEADS:
+            raise ConfigError(
+                f"optim.cluster_head must be one of {HEADS}, got {self.optim.cluster_head!r}"
+            )
+        for name in ("patience", "split_epochs", "warmup_steps"):
+            if getattr(self.optim, name) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self.optim, name)}")
+        if self.model.output == "sigmoid" and (
+            self.optim.method in ("logit_adjusted", "focal")
+            or (self.optim.method == "cluster" and self.optim.classifier_loss not in SIGMOID_OK)
+        ):
+            raise ConfigError(
+                f"model.output 'sigmoid' trains with one-vs-rest binary cross-entropy: use "
+                f"optim.method (or optim.classifier_loss for 'cluster') in {SIGMOID_OK}"
             )
         for name in ("epochs", "batch_size", "refresh_epochs", "embedding_frames", "plot_every"):
             if getattr(self.optim, name) < 1:

@@ -5,7 +5,7 @@ the log-mel features of every clip, and prints per-label counts, decoded duratio
 recordings (groups) on stdout. Unreadable clips are skipped and counted unless ``--strict``.
 
 ``edge-detect data split --config PRESET_OR_CHECKPOINT --out DIR`` writes the training,
-validation and test clips exactly as ``train/trainer.py`` splits them (:func:`train.trainer.
+validation and test clips exactly as ``train/splits.py`` splits them (:func:`train.splits.
 split_clips`) as ``DIR/{train,val,test}.csv``: the manifest's own columns and rows, paths
 rewritten to resolve from ``DIR``. Given a checkpoint, the split of an existing model is
 recovered from the training config it carries (for calibrating on its validation part and
@@ -267,7 +267,7 @@ def write_split(config: Any, out: Path) -> dict[str, int]:
     Rows are the manifest's own rows (every column kept, in the part's order) with ``path``
     relative to ``out``.
     """
-    from train.trainer import split_clips
+    from train.splits import split_clips
 
     parts, _ = split_clips(config)
     manifest = config.resolve(config.data.manifest)

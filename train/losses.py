@@ -23,6 +23,7 @@ __all__ = [
     "FocalLoss",
     "LogitAdjustedLoss",
     "check_finite",
+    "class_balanced_weights",
     "classification_loss",
     "clusters_per_class",
     "inverse_frequency_weights",
@@ -80,15 +81,40 @@ def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
     return counts.sum() / (len(counts) * counts)
 
 
+def class_balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-item weights (N,) that give every class present in ``targets`` the same total weight.
+
+    A batch of 60 background, 3 crying and 5 gunshot embeddings weighs each class 1/3 in all;
+    the weights average 1 over the batch (so the loss keeps its scale). This balances the
+    centroid loss per *class*, as inverse-frequency weights balance the baseline's: equal-sized
+    clusters alone balance clusters, not classes (a class with 16 clusters would still supply 16
+    times the embeddings of a class with one).
+    """
+    counts = torch.bincount(targets, minlength=num_classes).float()  # (C,)
+    present = int((counts > 0).sum())
+    if present == 0:
+        return torch.zeros(0)
+    per_class = len(targets) / (present * counts.clamp_min(1.0))
+    return per_class[targets]
+
+
 def kmeans(
-    points: torch.Tensor, k: int, *, iterations: int = 25, generator: torch.Generator | None = None
+    points: torch.Tensor,
+    k: int,
+    *,
+    iterations: int = 25,
+    generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Lloyd's k-means with k-means++ seeding; squared Euclidean distance.
+    """Lloyd's k-means with k-means++ seeding (or from ``init``); squared Euclidean distance.
 
     Parameters
     ----------
     points : tensor, float, shape (N, E), N >= k
     k : number of clusters
+    init : tensor, shape (k, E), optional
+        Start from these centres instead of k-means++ (a warm re-fit: the clusters stay where
+        they were and follow the points, so assignments do not reshuffle).
 
     Returns
     -------
@@ -99,15 +125,22 @@ def kmeans(
     if n < k:
         raise TrainingError(f"k-means needs at least k={k} points, got {n}")
     points = points.detach().float()
-    first = int(torch.randint(n, (1,), generator=generator))
-    centres = [points[first]]
-    nearest = ((points - centres[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        probs = nearest / nearest.sum() if nearest.sum() > 0 else torch.full((n,), 1.0 / n)
-        pick = int(torch.multinomial(probs, 1, generator=generator))
-        centres.append(points[pick])
-        nearest = torch.minimum(nearest, ((points - points[pick]) ** 2).sum(1))
-    centroids = torch.stack(centres)
+    if init is not None:
+        if tuple(init.shape) != (k, points.shape[1]):
+            raise TrainingError(
+                f"k-means init must have shape {(k, points.shape[1])}, got {tuple(init.shape)}"
+            )
+        centroids = init.detach().float().clone()
+    else:
+        first = int(torch.randint(n, (1,), generator=generator))
+        centres = [points[first]]
+        nearest = ((points - centres[0]) ** 2).sum(1)
+        for _ in range(1, k):
+            probs = nearest / nearest.sum() if nearest.sum() > 0 else torch.full((n,), 1.0 / n)
+            pick = int(torch.multinomial(probs, 1, generator=generator))
+            centres.append(points[pick])
+            nearest = torch.minimum(nearest, ((points - points[pick]) ** 2).sum(1))
+        centroids = torch.stack(centres)
     for _ in range(iterations):
         dist = torch.cdist(points, centroids) ** 2  # (N, k)
         assign = dist.argmin(1)
@@ -125,20 +158,28 @@ class ClusterCentroidLoss(nn.Module):
 
     Embeddings are L2-normalised, :math:`z = e / \|e\|` (a running variance made the loss blind to
     the embedding scale in the pilot, so the scale is fixed and a temperature sets the sharpness).
-    Class :math:`c` with :math:`n_c` training examples has
-    :math:`K_c = \max(1, \mathrm{round}(n_c / n_{\min}))` clusters. Cluster :math:`k` keeps a sum
-    :math:`S_k` and a count :math:`N_k` of the normalised embeddings assigned to it, and its
-    centroid direction is :math:`\mu_k = S_k / \|S_k\|`. An embedding of class :math:`c` is
-    assigned to the nearest centroid of its own class, :math:`k^* = \arg\min_{k \in c} d_k`, with
-    :math:`d_k = \|z - \mu_k\|^2 = 2 - 2 z \cdot \mu_k`. Its loss is
+    Class :math:`c` with :math:`n_c` training examples ends with
+    :math:`K_c = \max(1, \mathrm{round}(n_c / n_{\min}))` clusters (the paper's rule). Cluster
+    :math:`k` keeps a sum :math:`S_k` and a count :math:`N_k` of the normalised embeddings assigned
+    to it, and its centroid direction is :math:`\mu_k = S_k / \|S_k\|`. An embedding of class
+    :math:`c` is assigned to the nearest *active* centroid of its own class,
+    :math:`k^* = \arg\min_{k \in c} d_k`, with :math:`d_k = \|z - \mu_k\|^2 = 2 - 2 z \cdot \mu_k`.
+    Its loss is
 
     .. math::
         \ell(z, c) = -\log \frac{\exp(-(d_{k^*} + \alpha) / T)}
             {\exp(-(d_{k^*} + \alpha) / T) + \sum_{k \notin c} \exp(-d_k / T)}
 
-    averaged over the batch (optionally weighted). Gradients flow through :math:`z` only: the
-    centroids are statistics, not parameters. Clusters of the same class are in neither numerator
-    nor denominator, so a class may stay multi-modal.
+    averaged over the batch, optionally weighted (the trainer passes
+    :func:`class_balanced_weights`, so every class counts equally). Gradients flow through
+    :math:`z` only: the centroids are statistics, not parameters. Clusters of the same class are
+    in neither numerator nor denominator, so a class may stay multi-modal.
+
+    **Warm split.** A class is split into clusters only once the encoder separates the classes:
+    the loss starts with *one* active centroid per class (the others are inactive and take no
+    part), and :meth:`split` later runs k-means with :math:`K_c` clusters per class on the warmed
+    encoder's embeddings (``split=False`` keeps one centroid per class for good: the ablation).
+    A k-means on an untrained encoder clusters recordings and gain, not kinds of sound.
 
     Hyperparameters (defaults): ``temperature`` T = 0.1; ``margin`` alpha = 0.1 (in squared
     distance units, range [0, 4]); ``decay`` = 1.0. After each batch (training mode only)
@@ -150,14 +191,19 @@ class ClusterCentroidLoss(nn.Module):
     centroids. The statistics are buffers of *this* module, which is never wrapped in
     DistributedDataParallel, so DDP does not broadcast them (rank 0's would overwrite the sums).
 
-    :meth:`fit` re-clusters: k-means on a sample of embeddings per class (the trainer passes a
-    bounded reservoir of recent embeddings), which resets :math:`S_k, N_k` to the k-means
-    clusters. Memory is O(K E), independent of the dataset size.
+    :meth:`fit` re-fits on a sample of embeddings per class (the trainer passes embeddings of the
+    current encoder): one centroid per class is re-seeded at the class mean; after the split,
+    k-means starts from the current centroids (a warm re-fit: clusters follow the points instead of
+    reshuffling, so the loss does not jump). Either way each class keeps the running count it had,
+    so later batches move the centroids as fast as before. Memory is O(K E), independent of the
+    dataset size.
     """
 
     sums: torch.Tensor
     counts: torch.Tensor
     cluster_class: torch.Tensor
+    active: torch.Tensor
+    is_split: torch.Tensor
 
     def __init__(
         self,
@@ -169,6 +215,7 @@ class ClusterCentroidLoss(nn.Module):
         decay: float = 1.0,
         labels: Sequence[str] | None = None,
         seed: int = 0,
+        split: bool = True,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -178,6 +225,8 @@ class ClusterCentroidLoss(nn.Module):
         if not 0.0 < decay <= 1.0:
             raise TrainingError(f"decay must be in (0, 1], got {decay}")
         self.k_per_class = clusters_per_class(class_counts, labels)
+        if not split:
+            self.k_per_class = [1] * len(self.k_per_class)
         self.num_classes = len(self.k_per_class)
         self.temperature, self.margin, self.decay = temperature, margin, decay
         owners = [c for c, k in enumerate(self.k_per_class) for _ in range(k)]
@@ -187,54 +236,105 @@ class ClusterCentroidLoss(nn.Module):
         init = F.normalize(torch.randn(len(owners), embedding_dim, generator=generator), dim=1)
         self.register_buffer("sums", init)
         self.register_buffer("counts", torch.ones(len(owners)))
+        first = torch.zeros(len(owners), dtype=torch.bool)
+        for c in range(self.num_classes):
+            first[int(torch.nonzero(self.cluster_class == c)[0])] = True
+        # one centroid per class until split(); a class with K_c = 1 is split from the start
+        self.register_buffer("active", first)
+        self.register_buffer("is_split", torch.tensor(all(k == 1 for k in self.k_per_class)))
         self.seed = seed
         self.fits = 0
 
     @property
     def num_clusters(self) -> int:
+        """Clusters in total, active or not (sum of K_c)."""
         return int(self.cluster_class.numel())
 
     def centroids(self) -> torch.Tensor:
-        """Running centroids S_k / N_k, shape (K, E) (not normalised)."""
+        """Running centroids S_k / N_k, shape (K, E) (not normalised; inactive ones included)."""
         return self.sums / self.counts.clamp_min(1e-12)[:, None]
+
+    def directions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit centroid directions of the active clusters (K_active, E) and their classes
+        (K_active,): what a centroid classifier head starts from."""
+        mu = F.normalize(self.sums[self.active], dim=1)
+        return mu.clone(), self.cluster_class[self.active].clone()
 
     def _distances(self, z: torch.Tensor) -> torch.Tensor:
         mu = F.normalize(self.sums, dim=1)  # direction of S_k equals that of S_k / N_k
-        return 2.0 - 2.0 * z @ mu.T  # (N, K)
+        dist = 2.0 - 2.0 * z @ mu.T  # (N, K)
+        return dist.masked_fill(~self.active[None, :], math.inf)
 
     def assign(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Nearest own-class cluster of every embedding, shape (N,) (cluster indices)."""
+        """Nearest active own-class cluster of every embedding, shape (N,) (cluster indices)."""
         z = F.normalize(embeddings.detach().float(), dim=1)
         dist = self._distances(z)
         own = self.cluster_class[None, :] == targets[:, None]  # (N, K)
         return dist.masked_fill(~own, math.inf).argmin(1)
 
     def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Class of the nearest centroid (a classifier-free diagnostic), shape (N,)."""
+        """Class of the nearest active centroid (a classifier-free readout), shape (N,)."""
         z = F.normalize(embeddings.detach().float(), dim=1)
         return self.cluster_class[self._distances(z).argmin(1)]
 
+    def _set_class(
+        self, c: int, rows: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor
+    ) -> None:
+        """Replace class ``c``'s statistics, keeping its running total count (when it has one)."""
+        total = float(self.counts[rows][self.active[rows]].sum())
+        scale = total / float(counts.sum()) if self.fits and total > 0 else 1.0
+        self.sums[rows] = sums * scale
+        self.counts[rows] = counts * scale
+
     @torch.no_grad()
     def fit(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
-        """Re-cluster: k-means (K_c clusters) on each class's normalised embeddings.
+        """Re-fit the active centroids on ``embeddings`` of the current encoder.
 
-        A class absent from ``embeddings`` or with fewer points than clusters keeps its
-        current centroids (its turn comes at the next fit).
+        Before :meth:`split`: each class's one centroid becomes its class mean. After it: k-means
+        on each class's normalised embeddings started from the current centroids. A class absent
+        from ``embeddings`` or with fewer points than clusters keeps its centroids.
         """
         z = F.normalize(embeddings.detach().float(), dim=1)
-        generator = torch.Generator().manual_seed(self.seed + 7919 * (self.fits + 1))
-        self.fits += 1
-        for c, k in enumerate(self.k_per_class):
+        for c in range(self.num_classes):
             points = z[targets == c]
-            if points.shape[0] < k:
+            rows = torch.nonzero((self.cluster_class == c) & self.active).flatten()
+            if points.shape[0] < len(rows):
                 continue
+            if len(rows) == 1:
+                sums, counts = points.sum(0, keepdim=True), torch.tensor([float(len(points))])
+            else:
+                start = F.normalize(self.sums[rows], dim=1)
+                centres = kmeans(points, len(rows), init=start)
+                sums, counts = _cluster_stats(points, centres)
+            self._set_class(c, rows, sums, counts)
+        self.fits += 1
+
+    @torch.no_grad()
+    def split(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
+        """Activate all K_c clusters of every class: k-means (k-means++ seeding) on each class's
+        normalised ``embeddings`` of the warmed encoder. Call once; later refits are warm."""
+        z = F.normalize(embeddings.detach().float(), dim=1)
+        generator = torch.Generator().manual_seed(self.seed + 7919)
+        for c, k in enumerate(self.k_per_class):
             rows = torch.nonzero(self.cluster_class == c).flatten()
+            points = z[targets == c]
+            if k == 1:  # nothing to split: re-seed the class mean, as fit() does
+                if len(points):
+                    self._set_class(
+                        c, rows, points.sum(0, keepdim=True), torch.tensor([1.0 * len(points)])
+                    )
+                continue
+            if points.shape[0] < k:
+                raise TrainingError(
+                    f"cannot split class index {c} into {k} clusters: only {points.shape[0]} "
+                    "embeddings were given; pass embeddings of more clips"
+                )
             centres = kmeans(points, k, generator=generator)
-            assign = torch.cdist(points, centres).argmin(1)
-            sums = torch.zeros_like(centres).index_add_(0, assign, points)
-            counts = torch.bincount(assign, minlength=k).float()
-            self.sums[rows] = sums
-            self.counts[rows] = counts
+            sums, counts = _cluster_stats(points, centres)
+            self._set_class(c, rows, sums, counts)
+            self.active[rows] = True
+        self.is_split.fill_(True)
+        self.fits += 1
 
     @torch.no_grad()
     def update(self, embeddings: torch.Tensor, targets: torch.Tensor) -> None:
@@ -271,7 +371,7 @@ class ClusterCentroidLoss(nn.Module):
         if embeddings.shape[0] == 0:
             return embeddings.sum() * 0.0
         z = F.normalize(embeddings.float(), dim=1)
-        dist = self._distances(z)  # (N, K); centroids are constants here
+        dist = self._distances(z)  # (N, K); centroids are constants here, inactive ones inf
         assign = self.assign(z, targets)
         own_class = self.cluster_class[None, :] == targets[:, None]
         d_own = dist.gather(1, assign[:, None])  # (N, 1)
@@ -286,6 +386,15 @@ class ClusterCentroidLoss(nn.Module):
         if self.training:
             self.update(z, targets)
         return loss
+
+
+def _cluster_stats(
+    points: torch.Tensor, centres: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums (k, E) and counts (k,) of ``points`` assigned to their nearest of ``centres``."""
+    assign = torch.cdist(points, centres).argmin(1)
+    sums = torch.zeros_like(centres).index_add_(0, assign, points)
+    return sums, torch.bincount(assign, minlength=len(centres)).float()
 
 
 class LogitAdjustedLoss(nn.Module):
@@ -329,18 +438,49 @@ class _CrossEntropy(nn.Module):
         return F.cross_entropy(logits, targets, weight=self.weight)
 
 
+class _OneVsRest(nn.Module):
+    """Binary cross-entropy per class on one-hot frame targets (background frames: background
+    on, every event off), each frame weighted by its class's weight (None: all 1)."""
+
+    weight: torch.Tensor | None
+
+    def __init__(self, num_classes: int, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(targets, self.num_classes).to(logits.dtype)  # (N, C)
+        per_frame = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(1)
+        if self.weight is None:
+            return per_frame.mean()
+        w = self.weight[targets]
+        return (per_frame * w).sum() / w.sum().clamp_min(1e-12)
+
+
 def classification_loss(
     method: str,
     class_counts: Sequence[int],
     *,
     focal_gamma: float = 2.0,
     logit_tau: float = 1.0,
+    output: str = "softmax",
 ) -> nn.Module:
     """The loss on logits (N, C) and targets (N,) for a baseline ``method``.
 
     'weighted_ce' (inverse-frequency weights, the published baseline), 'ce', 'logit_adjusted',
-    'focal'. The cluster method's classifier stage uses 'ce'.
+    'focal'. With ``output = "sigmoid"`` (one independent probability per class) 'weighted_ce'
+    and 'ce' become one-vs-rest binary cross-entropy, frames weighted by inverse class frequency
+    or not at all; the other two have no such form.
     """
+    if output == "sigmoid":
+        if method not in ("weighted_ce", "ce"):
+            raise TrainingError(
+                f"loss method {method!r} has no one-vs-rest (sigmoid) form; use weighted_ce or ce"
+            )
+        counts = _check_counts(class_counts, None)
+        weight = inverse_frequency_weights(counts) if method == "weighted_ce" else None
+        return _OneVsRest(len(counts), weight)
     if method == "weighted_ce":
         return _CrossEntropy(inverse_frequency_weights(class_counts))
     if method == "ce":

@@ -8,15 +8,31 @@ weights serve clip training and the endless stream on the device.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edge_detect.errors import ConfigError
 
-__all__ = ["CNNClassifier", "ModelConfig", "Network", "StreamingLSTM", "build_model"]
+__all__ = [
+    "HEADS",
+    "OUTPUTS",
+    "CNNClassifier",
+    "CentroidHead",
+    "ModelConfig",
+    "Network",
+    "StreamingLSTM",
+    "build_model",
+    "probabilities",
+]
+
+HEADS = ("linear", "centroid")
+OUTPUTS = ("softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -37,10 +53,31 @@ class ModelConfig:
     """Size of the embedding the cluster-centroid loss works on."""
     dropout: float = 0.1
     """Dropout between LSTM layers and before the classifier, during training only."""
+    head: str = "linear"
+    """'linear' (a linear layer on the embedding) or 'centroid' (a cosine classifier whose
+    prototypes start at the cluster-centroid loss's centroids; set by the trainer for
+    ``optim.method = "cluster"``)."""
+    head_clusters: list[int] = field(default_factory=list)
+    """'centroid' head: prototypes per class, in label order (the loss's clusters per class)."""
+    output: str = "softmax"
+    """'softmax' (one distribution over the classes, background included: every frame is *some*
+    class) or 'sigmoid' (one independent probability per class, one-vs-rest: a frame may be
+    none of them, so an unfamiliar sound can score low everywhere)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("lstm", "cnn"):
             raise ConfigError(f"model kind must be 'lstm' or 'cnn', got {self.kind!r}")
+        if self.head not in HEADS:
+            raise ConfigError(f"model head must be one of {HEADS}, got {self.head!r}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"model output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.head == "centroid" and (
+            len(self.head_clusters) != self.num_classes or min(self.head_clusters) < 1
+        ):
+            raise ConfigError(
+                f"model head 'centroid' needs head_clusters with one positive count per class "
+                f"({self.num_classes}), got {self.head_clusters}"
+            )
         for name in ("n_mels", "num_classes", "hidden_size", "num_layers", "embedding_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -72,6 +109,75 @@ class FeatureNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
+class CentroidHead(nn.Module):
+    r"""Cosine classifier over cluster prototypes: the cluster-centroid geometry as the readout.
+
+    Prototype :math:`w_k` (unit length) belongs to one class; a class's logit is a soft maximum
+    over its prototypes of the scaled cosine similarity,
+
+    .. math:: \ell_c = \log \sum_{k \in c} \exp(s \cos(z, w_k)) + b_c ,
+
+    with a learned scale :math:`s` (started at :math:`2 / T`, the centroid loss's sharpness, since
+    :math:`-\|z - w\|^2 / T = (2 \cos - 2) / T`) and a learned bias :math:`b_c` (started at
+    :math:`-\log K_c`, so a class with many prototypes gets no head start). Started from the
+    loss's centroids (:meth:`init_from`), its argmax is the nearest-centroid rule the embedding
+    stage trained for; fine-tuning then moves prototypes and encoder together. Exports to ONNX
+    with plain operators (the per-class sum is a product with a 0/1 membership matrix).
+    """
+
+    membership: torch.Tensor
+
+    def __init__(self, embedding_dim: int, clusters_per_class: Sequence[int]) -> None:
+        super().__init__()
+        owners = [c for c, k in enumerate(clusters_per_class) for _ in range(k)]
+        self.weight = nn.Parameter(F.normalize(torch.randn(len(owners), embedding_dim), dim=1))
+        membership = torch.zeros(len(owners), len(clusters_per_class))
+        membership[torch.arange(len(owners)), torch.tensor(owners)] = 1.0
+        self.register_buffer("membership", membership)  # (K, C)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+        counts = torch.tensor([float(k) for k in clusters_per_class])
+        self.bias = nn.Parameter(-torch.log(counts))
+
+    @torch.no_grad()
+    def init_from(
+        self, directions: torch.Tensor, classes: torch.Tensor, temperature: float
+    ) -> None:
+        """Prototypes from centroid ``directions`` (K, E) of ``classes`` (K,), scale 2 / T.
+
+        The directions must come class by class in the head's order with the head's counts per
+        class (the order :class:`train.losses.ClusterCentroidLoss` keeps them in).
+        """
+        owners = self.membership.argmax(1)
+        if directions.shape != self.weight.shape or not torch.equal(classes, owners):
+            raise ValueError(
+                f"centroid head has prototypes per class {self.membership.sum(0).tolist()}; "
+                f"got {directions.shape[0]} directions of classes {classes.tolist()}"
+            )
+        self.weight.copy_(F.normalize(directions, dim=1))
+        self.log_scale.fill_(math.log(2.0 / temperature))
+        self.bias.copy_(-torch.log(self.membership.sum(0)))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """Logits (..., C) of embeddings (..., E)."""
+        cos = F.normalize(emb, dim=-1) @ F.normalize(self.weight, dim=-1).T  # (..., K)
+        scaled = cos * self.log_scale.exp()
+        top = scaled.max(dim=-1, keepdim=True).values.detach()  # for a stable log-sum-exp
+        summed = torch.exp(scaled - top) @ self.membership  # (..., C)
+        return torch.log(summed.clamp_min(1e-30)) + top + self.bias
+
+
+def _head(config: ModelConfig) -> nn.Module:
+    if config.head == "centroid":
+        return CentroidHead(config.embedding_dim, config.head_clusters)
+    return nn.Linear(config.embedding_dim, config.num_classes)
+
+
+def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """Scores of ``logits`` (..., C) as the model's ``output`` defines them: a softmax over the
+    classes, or an independent sigmoid per class."""
+    return torch.sigmoid(logits) if output == "sigmoid" else torch.softmax(logits, dim=-1)
+
+
 class StreamingLSTM(nn.Module):
     """Unidirectional LSTM: frames (B, T, F) -> per-frame embeddings (B, T, E) and logits (B, T, C).
 
@@ -91,7 +197,7 @@ class StreamingLSTM(nn.Module):
         )
         self.project = nn.Linear(config.hidden_size, config.embedding_dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.embedding_dim, config.num_classes)
+        self.classifier = _head(config)
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.config.num_layers, batch, self.config.hidden_size)
@@ -141,7 +247,7 @@ class CNNClassifier(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.project = nn.Linear(channels, config.embedding_dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.embedding_dim, config.num_classes)
+        self.classifier = _head(config)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """Clip embeddings (B, E) from frames (B, T, F); T must be >= 8."""

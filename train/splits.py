@@ -1,0 +1,135 @@
+"""The training data of a run: manifest -> licence filter -> split by group -> audio in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edge_detect.errors import DatasetError
+from train.cache import FeatureCache
+from train.config import TrainConfig
+from train.datasets import Clip, filter_clips, load_manifest, split_by_group
+from train.sequences import ClipAudio, frame_activity
+
+__all__ = ["Dataset", "load_dataset", "ratio_subset", "split_clips"]
+
+
+@dataclass
+class Dataset:
+    """The split, loaded: training, validation and test clips in memory."""
+
+    labels: list[str]
+    background_index: int
+    parts: dict[str, list[ClipAudio]]
+    provenance: dict[str, Any]
+
+    def counts(self, part: str) -> list[int]:
+        counts = Counter(item.target for item in self.parts[part])
+        return [counts.get(i, 0) for i in range(len(self.labels))]
+
+
+def split_clips(config: TrainConfig) -> tuple[dict[str, list[Clip]], int]:
+    """Manifest -> filtered clips -> split by group -> the training subset: the clips of each
+    part (``train``, ``val``, ``test``) as training uses them, and how many clips the license
+    filter left out. ``edge-detect data split`` writes these parts as CSVs."""
+    data = config.data
+    manifest = config.resolve(data.manifest)
+    clips = load_manifest(manifest, labels=data.labels)
+    excluded = [t.lower() for t in data.exclude_licenses]
+    kept = filter_clips(
+        clips, keep=lambda c: not any(t in (c.license or "").lower() for t in excluded)
+    )
+    if not kept:
+        raise DatasetError(f"{manifest}: every clip was excluded by license {excluded}")
+    split = split_by_group(
+        kept,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=data.split_seed,
+    )
+    if split.shared_groups():
+        raise DatasetError(f"split leaks groups across parts: {sorted(split.shared_groups())[:5]}")
+    parts_clips = split.parts()
+    if data.max_clips_per_class:
+        rng = random.Random(data.split_seed)
+        limited = []
+        for label in data.labels:
+            of_label = [c for c in parts_clips["train"] if c.label == label]
+            rng.shuffle(of_label)
+            limited += of_label[: data.max_clips_per_class]
+        parts_clips["train"] = limited
+    if data.train_ratio:
+        parts_clips["train"] = ratio_subset(
+            parts_clips["train"], data.labels, data.train_ratio, data.subset_seed
+        )
+    return parts_clips, len(clips) - len(kept)
+
+
+def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
+    """Manifest -> filtered clips -> split by group (:func:`split_clips`) -> audio in memory."""
+    data = config.data
+    manifest = config.resolve(data.manifest)
+    parts_clips, excluded_clips = split_clips(config)
+    cache = FeatureCache(
+        config.resolve(data.cache_dir) if data.cache_dir else None, config.features
+    )
+    index = {label: i for i, label in enumerate(data.labels)}
+    parts: dict[str, list[ClipAudio]] = {}
+    for name, part in parts_clips.items():
+        loaded = cache.load_many(part, what="audio", progress=progress)
+        parts[name] = [
+            ClipAudio(
+                clip,
+                index[clip.label],
+                audio,
+                *frame_activity(audio, config.features, config.augment.active_db),
+            )
+            for clip, audio in zip(loaded.clips, loaded.features, strict=True)
+        ]
+    train_counts = Counter(item.target for item in parts["train"])
+    for label in data.labels:
+        if train_counts.get(index[label], 0) == 0:
+            raise DatasetError(
+                f"class {label!r} has no training clips in {manifest} after filtering; "
+                "check data.labels and data.exclude_licenses"
+            )
+    provenance = {
+        "manifest": str(manifest),
+        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        "excluded_licenses": list(data.exclude_licenses),
+        "excluded_clips": excluded_clips,
+        "sources": sorted({c.clip.source or "?" for p in parts.values() for c in p}),
+        "licenses": sorted({c.clip.license or "?" for p in parts.values() for c in p}),
+        "clip_counts": {
+            name: {
+                label: sum(1 for c in part if c.target == i) for i, label in enumerate(data.labels)
+            }
+            for name, part in parts.items()
+        },
+        "groups": {name: len({c.clip.group for c in part}) for name, part in parts.items()},
+    }
+    return Dataset(list(data.labels), index[data.background_label], parts, provenance)
+
+
+def ratio_subset(
+    clips: Sequence[Clip], labels: Sequence[str], ratio: Sequence[int], seed: int
+) -> list[Clip]:
+    """The largest subset with exactly ``ratio`` clips per class (random clips, by ``seed``)."""
+    by_label = {label: [c for c in clips if c.label == label] for label in labels}
+    unit = min(len(by_label[label]) // r for label, r in zip(labels, ratio, strict=True))
+    if unit == 0:
+        raise DatasetError(
+            f"the training split cannot give the ratio {list(ratio)} of {list(labels)}: it has "
+            f"{[len(by_label[label]) for label in labels]} clips"
+        )
+    rng = random.Random(seed)
+    chosen = {
+        id(c)
+        for label, r in zip(labels, ratio, strict=True)
+        for c in rng.sample(by_label[label], unit * r)
+    }
+    return [c for c in clips if id(c) in chosen]
