@@ -87,6 +87,15 @@ MIN_BED_DB = -60.0
 ratio over near-silence would amplify their noise floor by tens of dB."""
 FULL_SCALE_PEAK = 0.99
 """A mixture whose peak exceeds full scale is scaled down to this peak (the ratio is unchanged)."""
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cluster_nosplit": ("cluster", {"split": False}),
+    "cluster_linear": ("cluster", {"cluster_head": "linear"}),
+}
+"""Ablations of the cluster method, compared as methods of their own: one centroid per class
+(the paper's split left out), and the randomly initialised linear head of the first
+implementation instead of the centroid head."""
+RUN_FACTS = ("val_mean_error", "best_epoch", "epochs_run", "best_embedding_epoch", "wall_time_s")
+"""What the results file keeps of every run besides its scores (convergence and cost)."""
 log = logging.getLogger("bench.paper")
 
 
@@ -328,15 +337,18 @@ class _Runner:
         from train.trainer import train
 
         args = self.args
+        base_method, variant = VARIANTS.get(method, (method, {}))
         overrides: dict[str, Any] = {
             "data": {"train_ratio": ratio, "subset_seed": seed},
             "optim": {
-                "method": method,
+                "method": base_method,
                 "seed": seed,
                 "epochs": args.epochs,
-                "embed_epochs": max(1, args.epochs // 3),
+                "embed_epochs": args.embed_epochs or max(1, args.epochs // 3),
+                "patience": args.patience,
                 "background_per_epoch": 0,
                 "plot_every": args.epochs,
+                **variant,
             },
         }
         if args.arch:
@@ -382,6 +394,9 @@ class _Runner:
             "band_check": _band_check(model, data, config),
             "val_mean_error": saved["metrics"]["val"]["clip"]["mean_error"],
             "best_epoch": saved["metrics"]["best_epoch"],
+            "epochs_run": saved["metrics"].get("epochs_run"),
+            "best_embedding_epoch": saved["metrics"].get("best_embedding_epoch"),
+            "wall_time_s": saved["metrics"].get("wall_time_s"),
         }
 
 
@@ -510,7 +525,13 @@ def _summarise(
             baseline,
         )
         for condition in ("clean", "mixtures")
-    } | {"band_check": {m: _band_summary(method_runs) for m, method_runs in runs.items()}}
+    } | {
+        "band_check": {m: _band_summary(method_runs) for m, method_runs in runs.items()},
+        "runs": {
+            m: [{key: r.get(key) for key in RUN_FACTS} for r in method_runs]
+            for m, method_runs in runs.items()
+        },
+    }
 
 
 # ---------------------------------------------------------------- tables
@@ -673,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         nargs="+",
         default=["weighted_ce", "cluster", "ce", "logit_adjusted", "focal"],
-        help="training methods (optim.method) to compare",
+        help="training methods (optim.method) to compare, or the cluster method's ablations "
+        f"{sorted(VARIANTS)}",
     )
     parser.add_argument(
         "--baseline", default="weighted_ce", help="the method relative reductions refer to"
@@ -685,7 +707,22 @@ def main(argv: list[str] | None = None) -> int:
         help="network (model.kind); None: the preset's",
     )
     parser.add_argument("--seeds", type=int, default=5, help="paired seeds (training subsets)")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs per run")
+    parser.add_argument(
+        "--epochs", type=int, default=40, help="training epochs per run at most (the budget)"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=8,
+        help="early stopping: epochs without a better validation score before a stage ends "
+        "(0 = the whole budget)",
+    )
+    parser.add_argument(
+        "--embed-epochs",
+        type=int,
+        default=0,
+        help="'cluster': epochs of the embedding stage at most (0 = a third of --epochs)",
+    )
     parser.add_argument(
         "--set",
         type=_setting,
@@ -753,7 +790,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.score_only and not args.reuse:
             parser.error("--score-only scores finished runs: add --reuse")
         for scope, section, key, _ in args.set:
-            if scope is not None and scope not in args.methods:
+            bases = {VARIANTS[m][0] for m in args.methods if m in VARIANTS}
+            if scope is not None and scope not in {*args.methods, *bases}:
                 parser.error(
                     f"--set {scope}:{section}.{key}: {scope!r} is not one of --methods "
                     f"({', '.join(args.methods)})"
@@ -846,14 +884,33 @@ def _setting(text: str) -> tuple[str | None, str, str, Any]:
 
 
 def _sets_for(args: argparse.Namespace, method: str) -> list[tuple[str, str, Any]]:
-    """The ``--set`` overrides that apply to ``method``: (section, key, value)."""
-    return [(s, k, v) for scope, s, k, v in args.set if scope is None or scope == method]
+    """The ``--set`` overrides that apply to ``method``: (section, key, value). A variant
+    (:data:`VARIANTS`) takes its base method's too, so an ablation differs in one thing only."""
+    base = VARIANTS.get(method, (method, {}))[0]
+    return [(s, k, v) for scope, s, k, v in args.set if scope in (None, method, base)]
 
 
 def settings_by_method(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Per method, the ``--set`` overrides its runs were trained with (``section.key``: value)."""
     return {
         method: {f"{s}.{k}": v for s, k, v in _sets_for(args, method)} for method in args.methods
+    }
+
+
+def _host() -> dict[str, Any]:
+    """Where the comparison ran (its wall times mean nothing without it)."""
+    import os
+    import platform
+
+    import torch
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": 1,
+        "device": "cpu",
     }
 
 
@@ -874,7 +931,9 @@ def _compare(args: argparse.Namespace) -> dict[str, Any]:
         "baseline": args.baseline,
         "seeds": args.seeds,
         "epochs": args.epochs,
+        "patience": args.patience,
         "preset": args.preset.name,
+        "host": _host(),
         "settings": settings_by_method(args),
         "mix_ratios_db": list(MIX_RATIOS_DB),
         "mix_seed": MIX_SEED,

@@ -38,7 +38,7 @@ from edge_detect.errors import ConfigError, DatasetError, MissingExtraError, Mod
 from edge_detect.model import METADATA_KEYS, load_model
 from edge_detect.operating import CALIBRATION_KEY, calibrate, calibration_record
 from edge_detect.scoring import score_streams
-from edge_detect.streams import BACKGROUND, read_manifest
+from edge_detect.streams import BACKGROUND, read_manifests
 
 __all__ = [
     "format_calibration_table",
@@ -145,8 +145,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         )
     if args.background_minutes == 0:
         raise ConfigError(
-            "calibration needs event-free audio for false alarms per hour: set "
-            "--background-minutes > 0 (e.g. 60)"
+            "calibration needs event-free audio for false alarms per hour: leave "
+            "--background-minutes out (every distinct background clip once) or set it > 0"
         )
     _import_onnx()  # before minutes of streaming, not after
     model = load_model(config.model, threads=config.threads)
@@ -161,9 +161,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
     manifest = Path(args.manifest)
-    rows = read_manifest(manifest)
+    rows = read_manifests([manifest])
     known = set(model.labels) - {BACKGROUND}
-    if all(label in known for _, label in rows):
+    if all(row.label in known for row in rows):
         raise DatasetError(
             f"manifest {manifest} has no background clips (labels the model does not know, or "
             f"'{BACKGROUND}'): calibration needs event-free audio for false alarms per hour"

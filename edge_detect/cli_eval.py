@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from edge_detect.errors import ConfigError, MissingExtraError
 from edge_detect.model import StreamingModel, load_model
 from edge_detect.operating import FA_TARGETS_PER_HOUR, warn_if_calibrated_on
 from edge_detect.scoring import evaluate_clips, evaluate_streams
-from edge_detect.streams import TestStream, build_streams, read_manifest
+from edge_detect.streams import (
+    ManifestRow,
+    TestStream,
+    build_streams,
+    read_manifest,
+    read_manifests,
+)
 
 __all__ = [
     "add_stream_arguments",
@@ -39,6 +46,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+SOURCES_SHOWN = 15
+"""Kinds of sound the printed table lists (all of them are in the JSON)."""
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -106,13 +116,17 @@ STREAM_DOC = """Event F1, error rate, false alarms per hour and alert latency on
 From a labeled manifest (``path,label``): clips of the model's event classes are mixed into a bed
 of the background clips (labels the model does not know are background) at each
 ``--snr-db`` event-to-background ratio (RMS over the event's active 50 ms frames, within 30 dB
-of its loudest, against the bed at the same place), one stream per ratio, plus
-``--background-minutes`` of event-free bed. Every stream runs through the pipeline of
-``edge-detect run`` as fast as possible. Per class: event F1 and error rate with a 0.5 s onset
-collar (sed_eval's event-based metric), false alarms per hour on the event-free stream, and the
-median time from the true onset to the alert (the audio time at which the alert was decided),
-and the miss rate at 0.5 and 1 false alarm per hour (the class's state machine replayed on the
-stored scores at the lowest threshold that keeps to that rate on the event-free stream).
+of its loudest, against the bed at the same place), one stream per ratio, plus an event-free
+stream of every distinct background clip once (or ``--background-minutes`` of it, repeated when
+shorter). Every stream runs through the pipeline of ``edge-detect run`` as fast as possible. Per
+class: event F1 and error rate with a 0.5 s onset collar (sed_eval's event-based metric: an alert
+within 0.5 s of the onset is a *hit*); the miss rate (an event is *detected* when an alert of its
+class starts between 0.5 s before its onset and its end) and the median time from the true onset
+to the alert of the detected events; false alarms per hour on the event-free stream, also per
+kind of sound (the manifest's ``source_kind`` column, which ``edge-detect data split`` writes,
+else each clip's folder); and the miss rate at 0.5 and 1 false alarm per hour (the class's state
+machine replayed on the stored scores at the lowest threshold that keeps to that rate on the
+event-free stream).
 ``--plot`` draws the miss rate against false alarms per hour as threshold_on sweeps (the JSON
 holds the points under ``curves``). ``--seed`` fixes the streams: the same command builds the
 same audio. Thresholds for a model come from ``edge-detect calibrate`` on a validation
@@ -132,7 +146,7 @@ def format_stream_table(summary: dict[str, Any]) -> str:
         f"event-free {summary['event_free_hours']:.3f} h "
         f"(from {summary['background_distinct_minutes']:.1f} min of distinct background)",
         f"{'ratio dB':>8} {'class':12} {'events':>6} {'alerts':>6} {'hits':>5} {'F1':>6} "
-        f"{'ER':>6} {'latency s':>9} {'FA/h':>7}",
+        f"{'ER':>6} {'detected':>8} {'miss':>6} {'latency s':>9} {'FA/h':>7}",
     ]
     for stream in summary["streams"]:
         for label, row in stream["per_class"].items():
@@ -140,8 +154,22 @@ def format_stream_table(summary: dict[str, Any]) -> str:
             lines.append(
                 f"{stream['ratio_db']:>8.1f} {label:12} {row['events']:>6} {row['alerts']:>6} "
                 f"{row['hits']:>5} {show(row['f1']):>6} {show(row['error_rate']):>6} "
+                f"{row['detected']:>8} {show(row['miss_rate']):>6} "
                 f"{show(row['onset_to_alert_median_s'], '.2f'):>9} {show(fa, '.2f'):>7}"
             )
+    by_source = summary.get("false_alarms_by_source") or {}
+    if by_source:
+        labels = list(summary["false_alarms"])
+        lines.append(
+            f"false alarms per hour by kind of sound ({len(by_source)} kinds; the "
+            f"{min(len(by_source), SOURCES_SHOWN)} with the most alerts):"
+        )
+        lines.append(f"{'kind':40} {'min':>6} " + " ".join(f"{label:>12}" for label in labels))
+        for source, row in list(by_source.items())[:SOURCES_SHOWN]:
+            rates = " ".join(
+                f"{show(row['per_class'][label]['per_hour'], '.1f'):>12}" for label in labels
+            )
+            lines.append(f"{source[:40]:40} {row['minutes']:>6.1f} {rates}")
     operating = summary.get("miss_rate_at_false_alarms_per_hour") or {}
     for label, targets in operating.items():
         for target, row in targets.items():
@@ -215,7 +243,7 @@ def plot_curves(summary: dict[str, Any], path: str | Path) -> None:
 
 
 def streams_from_args(
-    model: StreamingModel, rows: list[tuple[Path, str]], args: argparse.Namespace
+    model: StreamingModel, rows: list[ManifestRow], args: argparse.Namespace
 ) -> tuple[list[TestStream], TestStream | None, list[str]]:
     """:func:`build_streams` with the options of :func:`add_stream_arguments`."""
     return build_streams(
@@ -230,8 +258,9 @@ def streams_from_args(
 
 def check_stream_args(args: argparse.Namespace) -> None:
     """Refuse stream options no stream can be built from (before minutes of work)."""
-    if args.background_minutes < 0:
-        raise ConfigError(f"--background-minutes must be >= 0, got {args.background_minutes}")
+    minutes = args.background_minutes
+    if minutes is not None and not (minutes >= 0 and math.isfinite(minutes)):
+        raise ConfigError(f"--background-minutes must be a number >= 0, got {minutes}")
 
 
 def eval_stream_command(args: argparse.Namespace) -> int:
@@ -242,7 +271,7 @@ def eval_stream_command(args: argparse.Namespace) -> int:
     if args.plot and args.background_minutes == 0:
         raise ConfigError("--plot needs an event-free stream: set --background-minutes > 0")
     model = load_model(config.model, threads=config.threads)
-    rows = read_manifest(args.manifest)
+    rows = read_manifests([args.manifest])
     warn_if_calibrated_on(model, args.manifest)
     streams, free, mapped = streams_from_args(model, rows, args)
     log.info("evaluating %s on %d stream(s)", model.model_id, len(streams) + (free is not None))
@@ -287,8 +316,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--background-minutes",
         type=float,
-        default=60.0,
-        help="length of the event-free stream for false alarms per hour (0 = none)",
+        default=None,
+        help="length of the event-free stream for false alarms per hour (0 = none; default: "
+        "every distinct background clip of the manifest once, nothing repeated)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the streams' layout")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")

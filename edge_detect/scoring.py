@@ -34,6 +34,7 @@ from edge_detect.model import StreamingModel
 from edge_detect.operating import (
     ONSET_COLLAR_S,
     ScoredStreams,
+    detected_by,
     miss_rate_at_false_alarms,
     operating_curves,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "alert_events",
     "evaluate_clips",
     "evaluate_streams",
+    "false_alarms_by_source",
     "run_stream",
     "score_streams",
 ]
@@ -189,17 +191,14 @@ def score_streams(
 
 
 def _latencies(refs: list[Event], alerted: list[tuple[Event, float]], label: str) -> list[float]:
-    """Per reference event of ``label``: first alert of its class that starts from a collar
-    before its onset to its offset -> alert time minus true onset."""
+    """Per *detected* reference event of ``label`` (an alert of its class starts from a collar
+    before its onset to its end, :func:`~edge_detect.operating.detected_by`): the first such
+    alert's time minus the true onset."""
     out = []
     for ref in refs:
         if ref.label != label:
             continue
-        times = [
-            at
-            for est, at in alerted
-            if est.label == label and ref.onset_s - ONSET_COLLAR_S <= est.onset_s <= ref.offset_s
-        ]
+        times = [at for est, at in alerted if est.label == label and detected_by(ref, est.onset_s)]
         if times:
             out.append(min(times) - ref.onset_s)
     return out
@@ -222,6 +221,8 @@ def _stream_figures(stream: TestStream, emitted: list[Any], classes: list[str]) 
             "events": counts.n_ref,
             "alerts": counts.n_sys,
             "hits": counts.tp,
+            "detected": len(lat),
+            "miss_rate": round(1 - len(lat) / counts.n_ref, 4) if counts.n_ref else None,
             "f1": _num(counts.f1),
             "error_rate": _num(counts.error_rate),
             "onset_to_alert_median_s": round(statistics.median(lat), 3) if lat else None,
@@ -232,6 +233,43 @@ def _stream_figures(stream: TestStream, emitted: list[Any], classes: list[str]) 
         "overall_f1": _num(metrics.overall.f1),
         "overall_error_rate": _num(metrics.overall.error_rate),
         "per_class": rows,
+    }
+
+
+def false_alarms_by_source(
+    stream: TestStream, alerts: list[Any], classes: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per kind of sound in an event-free stream (its :attr:`~edge_detect.streams.TestStream.
+    segments`): its minutes, and per class the alerts whose onset fell on it and their rate per
+    hour of that kind, the loudest first."""
+    minutes: dict[str, float] = {}
+    for start, end, source in stream.segments:
+        minutes[source] = minutes.get(source, 0.0) + (end - start) / 60
+    starts = np.array([start for start, _, _ in stream.segments])
+    counts: dict[str, Counter[str]] = {source: Counter() for source in minutes}
+    for alert in alerts:
+        if alert.label not in classes:
+            continue
+        onset = float(alert.extra["offset_s"])
+        index = int(np.searchsorted(starts, onset, side="right")) - 1
+        if index >= 0:
+            counts[stream.segments[index][2]][alert.label] += 1
+    ranked = sorted(minutes, key=lambda source: (-sum(counts[source].values()), source))
+    return {
+        source: {
+            "minutes": round(minutes[source], 2),
+            "alerts": sum(counts[source].values()),
+            "per_class": {
+                label: {
+                    "alerts": counts[source][label],
+                    "per_hour": round(counts[source][label] * 60 / minutes[source], 2)
+                    if minutes[source]
+                    else None,
+                }
+                for label in classes
+            },
+        }
+        for source in ranked
     }
 
 
@@ -247,6 +285,7 @@ def evaluate_streams(
     scored = score_streams(model, event_streams, free, config)
     per_ratio = [_stream_figures(stream, emitted, classes) for stream, emitted, _ in scored.events]
     false_alarms: dict[str, Any] = {}
+    by_source: dict[str, Any] = {}
     if scored.free is not None:
         alerts = scored.free[1]
         for label in classes:
@@ -255,6 +294,7 @@ def evaluate_streams(
                 "alerts": count,
                 "per_hour": round(count / scored.free_hours, 3),
             }
+        by_source = false_alarms_by_source(scored.free[0], alerts, classes)
     return {
         "model_id": model.model_id,
         "onset_collar_s": ONSET_COLLAR_S,
@@ -262,6 +302,7 @@ def evaluate_streams(
         "background_distinct_minutes": round(free.background_s / 60, 2) if free else 0.0,
         "streams": per_ratio,
         "false_alarms": false_alarms,
+        "false_alarms_by_source": by_source,
         "miss_rate_at_false_alarms_per_hour": miss_rate_at_false_alarms(model, config, scored),
         "curves": operating_curves(model, config, scored),
     }

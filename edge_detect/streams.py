@@ -10,16 +10,20 @@ gaps. Each event is scaled to a chosen event-to-background ratio:
 - the reference event runs from the first to the last active frame (onset and offset in s from
   the stream's start), so a clip's leading silence does not count as event.
 
-:func:`event_free_stream` builds a bed with nothing mixed in, for false alarms per hour.
-The same clips, ratio and seed give the same audio, sample for sample.
+:func:`event_free_stream` builds a bed with nothing mixed in, for false alarms per hour: by
+default *every* distinct background clip once (a short bed looped to an hour repeats the same
+minutes, and false alarms per hour then say more about which recordings landed in the split than
+about the model), with the kind of sound (``source``) of every stretch, so that false alarms can
+be reported per kind. The same clips, ratio and seed give the same audio, sample for sample.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +37,7 @@ __all__ = [
     "ACTIVE_RANGE_DB",
     "BACKGROUND",
     "LabeledClip",
+    "ManifestRow",
     "TestStream",
     "active_span",
     "build_streams",
@@ -41,6 +46,7 @@ __all__ = [
     "load_clip",
     "read_audio",
     "read_manifest",
+    "read_manifests",
     "rms_db",
 ]
 
@@ -59,6 +65,16 @@ SILENCE_DB = -120.0
 """Level floor, so that digital silence has a finite level."""
 
 
+class ManifestRow(NamedTuple):
+    """One clip of a manifest: its audio file, its label and its kind of sound."""
+
+    path: Path
+    label: str
+    source: str
+    """The ``source_kind`` column where the manifest has one (``edge-detect data split`` writes
+    it), else the clip's folder: what false alarms are reported by."""
+
+
 @dataclass(frozen=True)
 class LabeledClip:
     """One decoded clip at the stream's rate."""
@@ -66,6 +82,8 @@ class LabeledClip:
     samples: npt.NDArray[np.float32]
     label: str
     name: str
+    source: str = ""
+    """Kind of sound (:attr:`ManifestRow.source`)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,8 @@ class TestStream:
     background_s: float = 0.0
     """Distinct background audio the bed was drawn from, in s (less than the stream's length
     when the bed repeats it)."""
+    segments: list[tuple[float, float, str]] = field(default_factory=list)
+    """The bed's stretches: (start s, end s, source) of every background clip in it."""
 
     @property
     def duration_s(self) -> float:
@@ -123,26 +143,44 @@ def active_span(samples: npt.NDArray[np.float32], sample_rate_hz: int) -> tuple[
     return start, end, max(SILENCE_DB, 10.0 * float(np.log10(power)))
 
 
+def read_manifests(paths: Sequence[str | Path]) -> list[ManifestRow]:
+    """The clips of one or more ``path,label`` CSVs (paths relative to each CSV's folder), in
+    order; the kind of sound from a ``source_kind`` column, else the clip's folder."""
+    rows: list[ManifestRow] = []
+    for name in paths:
+        path = Path(name)
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                fields = reader.fieldnames or []
+                if "path" not in fields or "label" not in fields:
+                    raise DatasetError(
+                        f"manifest {path} needs columns 'path' and 'label'; its header is {fields}"
+                    )
+                found = [
+                    ManifestRow(
+                        path.parent / row["path"],
+                        (row["label"] or "").strip(),
+                        row.get("source_kind") or Path(row["path"]).parent.name,
+                    )
+                    for row in reader
+                ]
+        except OSError as exc:
+            raise DatasetError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise DatasetError(f"manifest {path} is not UTF-8 text; save it as UTF-8 CSV") from None
+        if not found:
+            raise DatasetError(f"manifest {path} lists no clips")
+        empty = [str(row.path) for row in found if not row.label]
+        if empty:
+            raise DatasetError(f"manifest {path}: clip(s) without a label: {empty[:3]}")
+        rows += found
+    return rows
+
+
 def read_manifest(path: str | Path) -> list[tuple[Path, str]]:
     """(audio path, label) rows of a ``path,label`` CSV; paths relative to its folder."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            fields = reader.fieldnames or []
-            if "path" not in fields or "label" not in fields:
-                raise DatasetError(
-                    f"manifest {path} needs columns 'path' and 'label'; its header is {fields}"
-                )
-            rows = [(path.parent / row["path"], row["label"].strip()) for row in reader]
-    except OSError as exc:
-        raise DatasetError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
-    if not rows:
-        raise DatasetError(f"manifest {path} lists no clips")
-    empty = [str(p) for p, label in rows if not label]
-    if empty:
-        raise DatasetError(f"manifest {path}: clip(s) without a label: {empty[:3]}")
-    return rows
+    return [(row.path, row.label) for row in read_manifests([path])]
 
 
 def read_audio(path: Path) -> Audio:
@@ -162,32 +200,39 @@ def read_audio(path: Path) -> Audio:
     return Audio(np.asarray(samples, dtype=np.float32), int(rate))
 
 
-def load_clip(path: Path, label: str, sample_rate_hz: int) -> LabeledClip:
+def load_clip(path: Path, label: str, sample_rate_hz: int, source: str = "") -> LabeledClip:
     """Decode a clip (:func:`read_audio`) as mono at ``sample_rate_hz``."""
     audio = read_audio(path)
     if len(audio.samples) == 0:
         raise AudioError(f"{path}: holds no audio (0 samples)")
     mono = resample(to_mono(audio.samples), audio.sample_rate_hz, sample_rate_hz)
-    return LabeledClip(mono, label, str(path))
+    return LabeledClip(mono, label, str(path), source)
 
 
 def _bed(
-    backgrounds: Sequence[LabeledClip], length: int, rng: np.random.Generator
-) -> npt.NDArray[np.float32]:
-    """``length`` samples of background clips in a seeded order (repeated as needed)."""
+    backgrounds: Sequence[LabeledClip], length: int | None, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.float32], list[tuple[int, int, str]]]:
+    """``length`` samples of background clips in a seeded order (repeated as needed; ``None``:
+    every clip once), and the (start, end, source) sample span of every clip in it."""
     if not backgrounds:
         raise DatasetError("a test stream needs background clips; the manifest has none")
     if sum(len(c.samples) for c in backgrounds) == 0:
         raise DatasetError("the background clips hold no audio")
     parts: list[npt.NDArray[np.float32]] = []
+    spans: list[tuple[int, int, str]] = []
     filled = 0
-    while filled < length:
+    while length is None or filled < length:
         for i in rng.permutation(len(backgrounds)):
-            parts.append(backgrounds[i].samples)
-            filled += len(backgrounds[i].samples)
-            if filled >= length:
+            clip = backgrounds[i]
+            spans.append((filled, filled + len(clip.samples), clip.source))
+            parts.append(clip.samples)
+            filled += len(clip.samples)
+            if length is not None and filled >= length:
                 break
-    return np.concatenate(parts)[:length].astype(np.float32)
+        if length is None:
+            break
+    bed = np.concatenate(parts)[:length].astype(np.float32)
+    return bed, [(a, min(b, len(bed)), src) for a, b, src in spans if a < len(bed)]
 
 
 def _seconds(clips: Sequence[LabeledClip], sample_rate_hz: int) -> float:
@@ -216,7 +261,7 @@ def event_stream(
     for k, i in enumerate(order):
         placements.append((cursor, events[i]))
         cursor += len(events[i].samples) + round(gaps[k] * sample_rate_hz)
-    out = _bed(backgrounds, cursor, rng)
+    out, _ = _bed(backgrounds, cursor, rng)
     refs, names = [], []
     for position, clip in placements:
         start, end, event_db = active_span(clip.samples, sample_rate_hz)
@@ -236,39 +281,49 @@ def event_stream(
 
 
 def event_free_stream(
-    backgrounds: Sequence[LabeledClip], *, sample_rate_hz: int, duration_s: float, seed: int
+    backgrounds: Sequence[LabeledClip],
+    *,
+    sample_rate_hz: int,
+    duration_s: float | None,
+    seed: int,
 ) -> TestStream:
-    """``duration_s`` of background clips in a seeded order, nothing mixed in."""
-    if duration_s <= 0:
+    """Background clips in a seeded order, nothing mixed in: every clip once (``duration_s``
+    None: no stretch repeats) or ``duration_s`` of them (repeated when there is less)."""
+    if duration_s is not None and duration_s <= 0:
         raise DatasetError(f"event-free background must be longer than 0 s, got {duration_s}")
     rng = np.random.default_rng(seed)
-    bed = _bed(backgrounds, round(duration_s * sample_rate_hz), rng)
-    return TestStream(bed, sample_rate_hz, [], None, [], _seconds(backgrounds, sample_rate_hz))
+    length = None if duration_s is None else round(duration_s * sample_rate_hz)
+    bed, spans = _bed(backgrounds, length, rng)
+    segments = [(a / sample_rate_hz, b / sample_rate_hz, src) for a, b, src in spans]
+    return TestStream(
+        bed, sample_rate_hz, [], None, [], _seconds(backgrounds, sample_rate_hz), segments
+    )
 
 
 def build_streams(
-    rows: Sequence[tuple[Path, str]],
+    rows: Sequence[ManifestRow],
     labels: Sequence[str],
     *,
     sample_rate_hz: int,
     ratios_db: Sequence[float],
-    background_minutes: float,
+    background_minutes: float | None,
     seed: int,
 ) -> tuple[list[TestStream], TestStream | None, list[str]]:
     """Decode a manifest's clips and build one event stream per ratio and the event-free one.
 
     Parameters
     ----------
-    rows : sequence of (Path, str)
-        (audio path, label) per clip, as :func:`read_manifest` returns them.
+    rows : sequence of ManifestRow
+        The clips, as :func:`read_manifests` returns them.
     labels : sequence of str
         The model's classes: clips of its event classes become events, all others background.
     sample_rate_hz : int
         Rate of the streams (the model's), in Hz.
     ratios_db : sequence of float
         Event-to-background ratio of each event stream, in dB.
-    background_minutes : float
-        Length of the event-free stream, in minutes (0 = none).
+    background_minutes : float or None
+        Length of the event-free stream, in minutes: None = every distinct background clip
+        once (the default of ``eval stream`` and ``calibrate``), 0 = none.
     seed : int
         Seed of the layout: stream ``i`` uses ``seed + i``, the event-free one ``seed + 1000``.
 
@@ -277,8 +332,8 @@ def build_streams(
     (event streams, event-free stream or None, labels mapped to background)
     """
     known = {label for label in labels if label != BACKGROUND}
-    mapped = sorted({label for _, label in rows if label not in known and label != BACKGROUND})
-    clips = [load_clip(path, label, sample_rate_hz) for path, label in rows]
+    mapped = sorted({row.label for row in rows if row.label not in known | {BACKGROUND}})
+    clips = [load_clip(row.path, row.label, sample_rate_hz, row.source) for row in rows]
     events = [c for c in clips if c.label in known]
     backgrounds = [c for c in clips if c.label not in known]
     streams = [
@@ -286,11 +341,11 @@ def build_streams(
         for i, r in enumerate(ratios_db)
     ]
     free = None
-    if background_minutes > 0:
+    if background_minutes is None or background_minutes > 0:
         free = event_free_stream(
             backgrounds,
             sample_rate_hz=sample_rate_hz,
-            duration_s=60 * background_minutes,
+            duration_s=None if background_minutes is None else 60 * background_minutes,
             seed=seed + 1000,
         )
     return streams, free, mapped

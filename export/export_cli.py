@@ -91,8 +91,9 @@ def _validation_clips(
     data = checkpoint.get("data")
     data = data if isinstance(data, dict) else {}
     manifest = args.manifest
-    if manifest is None and data.get("manifest"):
-        named = Path(str(data["manifest"]))
+    named_manifests = data.get("manifests") or ([data["manifest"]] if data.get("manifest") else [])
+    if manifest is None and named_manifests:  # the first is the corpus of the classes
+        named = Path(str(named_manifests[0]))
         # a relative path was written relative to the checkout that trained the model
         candidates = [named] if named.is_absolute() else [named, _CHECKOUT / named]
         manifest = next((path for path in candidates if path.is_file()), None)

@@ -50,7 +50,7 @@ def _dataset(root: Path) -> Path:
 def _preset(root: Path, manifest: Path) -> Path:
     preset = root / "preset.toml"
     preset.write_text(
-        f'[data]\nmanifest = "{manifest}"\nlabels = {LABELS!r}\n'
+        f'[data]\nmanifests = ["{manifest}"]\nlabels = {LABELS!r}\n'
         "val_fraction = 0.25\ntest_fraction = 0.25\nsplit_seed = 3\n".replace("'", '"')
     )
     return preset
@@ -79,7 +79,7 @@ def _split(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
 def _read(out: Path, part: str) -> list[dict[str, str]]:
     with (out / f"{part}.csv").open(newline="") as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == HEADER
+        assert reader.fieldnames == [*HEADER, "source_kind"]
         return list(reader)
 
 
@@ -161,3 +161,105 @@ def test_a_checkpoint_without_train_config_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "carries no training config" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _second_corpus(root: Path) -> Path:
+    """Another corpus in its own folder: speech and music as background (3 groups each), a
+    gunshot-free 'glass' class, and household noise whose license is not stated."""
+    audio = root / "extra" / "audio"
+    samples = (0.1 * np.random.default_rng(1).standard_normal(RATE_HZ // 4)).astype(np.float32)
+    rows = []
+    for folder, label, orig, license_ in (
+        ("voices", "background", "speech:fr", "GPL"),
+        ("music", "background", "music:score", "GPL"),
+        ("glass", "glass", "glass", "CC0"),
+        ("household", "background", "dishwasher", "NONE STATED"),
+    ):
+        (audio / folder).mkdir(parents=True)
+        for group in range(3):
+            name = f"{folder}/{folder}_{group}.flac"
+            sf.write(audio / name, samples, RATE_HZ)
+            rows.append([f"audio/{name}", label, f"{folder}-g{group}", license_, orig])
+    manifest = root / "extra" / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group", "license", "orig_label"])
+        writer.writerows(rows)
+    return manifest
+
+
+def test_several_manifests_are_pooled_and_split_by_group_across_them(tmp_path: Path) -> None:
+    from train.config import TrainConfig
+    from train.data_cli import write_split
+    from train.splits import split_clips
+
+    first, second = _dataset(tmp_path), _second_corpus(tmp_path)
+    config = TrainConfig.from_dict(
+        {
+            "data": {
+                "manifests": [str(first), str(second)],
+                "labels": LABELS,
+                "background_labels": ["glass"],
+                "test_only_licenses": ["NONE STATED"],
+                "val_fraction": 0.25,
+                "test_fraction": 0.25,
+                "split_seed": 3,
+            }
+        }
+    )
+    parts, excluded = split_clips(config)
+    everything = [c for part in parts.values() for c in part]
+    # 25 + 12 clips (glass of both now background); the first corpus's unlicensed dog clip is
+    # an event: left out
+    assert len(everything) == 36 and excluded == 1
+    # both corpora reach the split, glass counts as background
+    assert {c.path.parent.name for c in everything} >= {"voices", "music", "glass", "audio"}
+    assert all(c.label in LABELS for c in everything)
+    assert {c.label for c in everything if c.path.parent.name == "glass"} == {"background"}
+    # the household noise (license not stated) is test only, whole
+    household = [c for name, part in parts.items() for c in part if "household" in str(c.path)]
+    assert len(household) == 3 and all(c in parts["test"] for c in household)
+    # groups never straddle parts, across corpora
+    groups = {name: {c.group for c in part} for name, part in parts.items()}
+    assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"])
+    assert not groups["val"] & groups["test"]
+    out = tmp_path / "split"
+    counts = write_split(config, out)
+    assert sum(counts.values()) == 36
+    rows = [row for name in ("train", "val", "test") for row in _read_any(out / f"{name}.csv")]
+    kinds = {row["source_kind"] for row in rows}
+    assert {"voices:speech", "music:music", "household:dishwasher"} <= kinds
+    assert {row["label"] for row in rows if "glass" in row["path"]} == {"background"}
+    assert all(Path(out, row["path"]).resolve().is_file() for row in rows)
+
+
+def test_leave_one_source_out_puts_the_whole_source_in_test(tmp_path: Path) -> None:
+    from train.config import TrainConfig
+    from train.splits import split_clips
+
+    config = TrainConfig.from_dict(
+        {
+            "data": {
+                "manifests": [str(_dataset(tmp_path)), str(_second_corpus(tmp_path))],
+                "labels": LABELS,
+                "exclude_sources": ["music:music"],
+                "val_fraction": 0.25,
+                "test_fraction": 0.25,
+            }
+        }
+    )
+    parts, _ = split_clips(config)
+    music = [c for part in parts.values() for c in part if "music" in str(c.path)]
+    assert len(music) == 3 and all(c in parts["test"] for c in music)
+
+
+def test_an_old_single_manifest_config_still_loads(tmp_path: Path) -> None:
+    from train.config import TrainConfig
+
+    config = TrainConfig.from_dict({"data": {"manifest": "a.csv"}})
+    assert config.data.manifests == ["a.csv"]
+
+
+def _read_any(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -64,7 +64,7 @@ def _tiny_config(manifest: Path, tmp: Path, **optim: Any) -> TrainConfig:
     return TrainConfig.from_dict(
         {
             "data": {
-                "manifest": str(manifest),
+                "manifests": [str(manifest)],
                 "val_fraction": 0.25,
                 "test_fraction": 0.2,
                 "cache_dir": str(tmp / "cache"),

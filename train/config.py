@@ -48,16 +48,32 @@ SIGMOID_OK = ("weighted_ce", "ce")
 class DataConfig:
     """Which clips to train on and how to split them."""
 
-    manifest: str = "../shared/data/edge_sed_real_v1/manifest.csv"
-    """Manifest CSV (see train.datasets.load_manifest); relative to the checkout."""
+    manifests: list[str] = field(
+        default_factory=lambda: ["../shared/data/edge_sed_real_v1/manifest.csv"]
+    )
+    """Manifest CSVs (see train.datasets.load_manifest), relative to the checkout; their clips
+    are pooled and split by recording (group) across all of them. (An older config's single
+    ``manifest = "..."`` is read as a list of one.)"""
     labels: list[str] = field(
         default_factory=lambda: ["dog_bark", "baby_cry", "gun_shot", "background"]
     )
-    """Classes, in output order; clips with other labels are left out."""
+    """Classes, in output order; clips with other labels are left out (see
+    ``background_labels``)."""
     background_label: str = "background"
     """The class that is 'no event' (context of streaming sequences; never alerts)."""
+    background_labels: list[str] = field(default_factory=list)
+    """Other labels of the manifests that count as background (sounds the model must not
+    alert on, e.g. "glass_break" for a model without that class)."""
     exclude_licenses: list[str] = field(default_factory=lambda: ["NONE STATED"])
     """Leave out clips whose license contains any of these strings (case-insensitive)."""
+    test_only_licenses: list[str] = field(default_factory=list)
+    """Background clips whose license contains one of these strings go to the test part
+    (never trained or validated on: sounds the model never heard, for benchmarks only); event
+    clips under them are left out. Checked before ``exclude_licenses``."""
+    exclude_sources: list[str] = field(default_factory=list)
+    """Kinds of sound (:func:`train.datasets.source_kind`, e.g. "wesnoth_music:music") kept
+    out of training and validation and put in the test part whole: the leave-one-source-out
+    check of what a model does on sounds it never heard."""
     val_fraction: float = 0.15
     """Share of each class's clips (whole recordings) held out for validation."""
     test_fraction: float = 0.15
@@ -193,6 +209,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         labels = self.data.labels
+        if not self.data.manifests:
+            raise ConfigError("data.manifests is empty; name at least one manifest CSV")
+        overlap = set(self.data.background_labels) & set(labels)
+        if overlap:
+            raise ConfigError(
+                f"data.background_labels {sorted(overlap)} are classes of data.labels; a label "
+                "is either a class or background"
+            )
         if len(set(labels)) != len(labels) or len(labels) < 2:
             raise ConfigError(f"data.labels must be at least 2 distinct names, got {labels}")
         if self.data.background_label not in labels:
@@ -270,7 +294,13 @@ class TrainConfig:
         """Build from nested tables, refusing unknown keys and wrong types by name."""
         _refuse_unknown(data, {f.name for f in dataclasses.fields(cls)}, "the config")
         features = FeatureConfig.from_dict(dict(data.get("features", {})))
-        data_config = _build(DataConfig, data.get("data", {}), "data")
+        data_table = dict(data.get("data", {}))
+        if "manifest" in data_table:  # configs and checkpoints from before data.manifests
+            if "manifests" in data_table:
+                raise ConfigError("give data.manifests (a list), not both it and data.manifest")
+            manifest = data_table.pop("manifest")
+            data_table["manifests"] = [manifest] if isinstance(manifest, str) else manifest
+        data_config = _build(DataConfig, data_table, "data")
         model_table = dict(data.get("model", {}))
         model_table.setdefault("num_classes", len(data_config.labels))
         model_table.setdefault("n_mels", features.n_mels)

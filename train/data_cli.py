@@ -264,20 +264,26 @@ def split_config(path: Path) -> tuple[Any, dict[str, Any]]:
 def write_split(config: Any, out: Path) -> dict[str, int]:
     """Write ``out/{train,val,test}.csv`` for ``config``'s split; clips per part.
 
-    Rows are the manifest's own rows (every column kept, in the part's order) with ``path``
-    relative to ``out``.
+    Rows are the manifests' own rows (the columns of all of them, in the part's order) with
+    ``path`` relative to ``out``, the label as training sees it (``data.background_labels``
+    mapped to background) and a ``source_kind`` column (:func:`train.datasets.source_kind`):
+    the kind of sound, by which ``eval stream`` reports false alarms.
     """
+    from train.datasets import source_kind
     from train.splits import split_clips
 
     parts, _ = split_clips(config)
-    manifest = config.resolve(config.data.manifest)
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        fields = list(reader.fieldnames or [])
-        rows = list(reader)
-    by_path = {
-        os.path.abspath(manifest.parent / row["path"]): row for row in rows if row.get("path")
-    }
+    fields: list[str] = []
+    by_path: dict[str, dict[str, str]] = {}
+    for name in config.data.manifests:
+        manifest = config.resolve(name)
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields += [f for f in reader.fieldnames or [] if f not in fields]
+            for row in reader:
+                if row.get("path"):
+                    by_path[os.path.abspath(manifest.parent / row["path"])] = dict(row)
+    fields += [] if "source_kind" in fields else ["source_kind"]
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name in SPLIT_PARTS:
@@ -286,10 +292,13 @@ def write_split(config: Any, out: Path) -> dict[str, int]:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             for clip in parts[name]:
-                row = by_path.get(os.path.abspath(clip.path))
-                if row is None:  # pragma: no cover - split_clips read this very manifest
-                    raise DatasetError(f"{clip.path} is not a row of {manifest}")
-                writer.writerow({**row, "path": os.path.relpath(clip.path, out.resolve())})
+                found = by_path.get(os.path.abspath(clip.path))
+                if found is None:  # pragma: no cover - split_clips read these very manifests
+                    raise DatasetError(f"{clip.path} is not a row of {config.data.manifests}")
+                row = found
+                relative = os.path.relpath(clip.path, out.resolve())
+                kind = source_kind(clip)
+                writer.writerow({**row, "path": relative, "label": clip.label, "source_kind": kind})
         counts[name] = len(parts[name])
     return counts
 
@@ -299,9 +308,12 @@ def _run_split(args: argparse.Namespace) -> int:
     from train.checkpoint import file_sha256
 
     config, provenance = split_config(args.config)
-    manifest = config.resolve(config.data.manifest)
-    if provenance.get("manifest_sha256") and manifest.is_file():
-        if file_sha256(manifest) != provenance["manifest_sha256"]:
+    recorded = provenance.get("manifest_sha256")
+    if isinstance(recorded, str):  # checkpoints from before data.manifests
+        recorded = {config.data.manifests[0]: recorded}
+    for name, sha in (recorded or {}).items():
+        manifest = config.resolve(name)
+        if manifest.is_file() and file_sha256(manifest) != sha:
             log.warning(
                 "%s changed since %s was trained (SHA-256 differs from the checkpoint's): the "
                 "split written is that of today's manifest, not necessarily the model's",

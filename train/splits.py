@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections import Counter
@@ -12,7 +13,7 @@ from typing import Any
 from edge_detect.errors import DatasetError
 from train.cache import FeatureCache
 from train.config import TrainConfig
-from train.datasets import Clip, filter_clips, load_manifest, split_by_group
+from train.datasets import Clip, load_manifest, source_kind, split_by_group
 from train.sequences import ClipAudio, frame_activity
 
 __all__ = ["Dataset", "load_dataset", "ratio_subset", "split_clips"]
@@ -32,19 +33,51 @@ class Dataset:
         return [counts.get(i, 0) for i in range(len(self.labels))]
 
 
-def split_clips(config: TrainConfig) -> tuple[dict[str, list[Clip]], int]:
-    """Manifest -> filtered clips -> split by group -> the training subset: the clips of each
-    part (``train``, ``val``, ``test``) as training uses them, and how many clips the license
-    filter left out. ``edge-detect data split`` writes these parts as CSVs."""
+def _manifest_clips(config: TrainConfig) -> list[Clip]:
+    """Every manifest's clips of the configured classes (background labels mapped), pooled."""
     data = config.data
-    manifest = config.resolve(data.manifest)
-    clips = load_manifest(manifest, labels=data.labels)
-    excluded = [t.lower() for t in data.exclude_licenses]
-    kept = filter_clips(
-        clips, keep=lambda c: not any(t in (c.license or "").lower() for t in excluded)
-    )
+    clips: list[Clip] = []
+    for name in data.manifests:
+        manifest = config.resolve(name)
+        for clip in load_manifest(manifest, labels=[*data.labels, *data.background_labels]):
+            if clip.label in data.background_labels:
+                clip = dataclasses.replace(clip, label=data.background_label)
+            clips.append(clip)
+    return clips
+
+
+def _has_license(clip: Clip, texts: Sequence[str]) -> bool:
+    return any(t.lower() in (clip.license or "").lower() for t in texts)
+
+
+def split_clips(config: TrainConfig) -> tuple[dict[str, list[Clip]], int]:
+    """Manifests -> filtered clips -> split by group across all of them -> the training subset:
+    the clips of each part (``train``, ``val``, ``test``) as training uses them, and how many
+    clips the license filter left out. ``edge-detect data split`` writes these parts as CSVs.
+
+    Background clips under ``data.test_only_licenses`` and every clip of
+    ``data.exclude_sources`` join the test part whole (never trained or validated on)."""
+    data = config.data
+    clips = _manifest_clips(config)
+    test_only = [
+        c
+        for c in clips
+        if (_has_license(c, data.test_only_licenses) and c.label == data.background_label)
+        or source_kind(c) in data.exclude_sources
+    ]
+    chosen = {id(c) for c in test_only}
+    kept = [
+        c
+        for c in clips
+        if id(c) not in chosen
+        and not _has_license(c, data.exclude_licenses)
+        and not _has_license(c, data.test_only_licenses)
+    ]
     if not kept:
-        raise DatasetError(f"{manifest}: every clip was excluded by license {excluded}")
+        raise DatasetError(
+            f"{data.manifests}: every clip was excluded by license {data.exclude_licenses} "
+            f"or test-only license {data.test_only_licenses}"
+        )
     split = split_by_group(
         kept,
         val_fraction=data.val_fraction,
@@ -54,6 +87,7 @@ def split_clips(config: TrainConfig) -> tuple[dict[str, list[Clip]], int]:
     if split.shared_groups():
         raise DatasetError(f"split leaks groups across parts: {sorted(split.shared_groups())[:5]}")
     parts_clips = split.parts()
+    parts_clips["test"] = parts_clips["test"] + test_only
     if data.max_clips_per_class:
         rng = random.Random(data.split_seed)
         limited = []
@@ -66,13 +100,12 @@ def split_clips(config: TrainConfig) -> tuple[dict[str, list[Clip]], int]:
         parts_clips["train"] = ratio_subset(
             parts_clips["train"], data.labels, data.train_ratio, data.subset_seed
         )
-    return parts_clips, len(clips) - len(kept)
+    return parts_clips, len(clips) - len(kept) - len(test_only)
 
 
 def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
     """Manifest -> filtered clips -> split by group (:func:`split_clips`) -> audio in memory."""
     data = config.data
-    manifest = config.resolve(data.manifest)
     parts_clips, excluded_clips = split_clips(config)
     cache = FeatureCache(
         config.resolve(data.cache_dir) if data.cache_dir else None, config.features
@@ -94,16 +127,24 @@ def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
     for label in data.labels:
         if train_counts.get(index[label], 0) == 0:
             raise DatasetError(
-                f"class {label!r} has no training clips in {manifest} after filtering; "
+                f"class {label!r} has no training clips in {data.manifests} after filtering; "
                 "check data.labels and data.exclude_licenses"
             )
+    learnt = [c for name in ("train", "val") for c in parts[name]]
     provenance = {
-        "manifest": str(manifest),
-        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        # as configured (relative to the checkout), never an absolute path of this machine
+        "manifests": list(data.manifests),
+        "manifest_sha256": {
+            name: hashlib.sha256(config.resolve(name).read_bytes()).hexdigest()
+            for name in data.manifests
+        },
         "excluded_licenses": list(data.exclude_licenses),
+        "test_only_licenses": list(data.test_only_licenses),
+        "excluded_sources": list(data.exclude_sources),
         "excluded_clips": excluded_clips,
-        "sources": sorted({c.clip.source or "?" for p in parts.values() for c in p}),
-        "licenses": sorted({c.clip.license or "?" for p in parts.values() for c in p}),
+        "sources": sorted({c.clip.source or "?" for c in learnt}),
+        "licenses": sorted({c.clip.license or "?" for c in learnt}),
+        "test_licenses": sorted({c.clip.license or "?" for c in parts["test"]}),
         "clip_counts": {
             name: {
                 label: sum(1 for c in part if c.target == i) for i, label in enumerate(data.labels)
