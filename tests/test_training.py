@@ -446,3 +446,114 @@ def test_classifier_stage_starts_from_the_best_embedding_epoch(
     assert math.isclose(
         float(loop.model.classifier.log_scale.detach().exp()), 2 / 0.1, rel_tol=1e-6
     )
+
+
+class _LoudnessDetector(torch.nn.Module):
+    """A streaming 'model' whose dog_bark score follows the frame's loudness: barks fire it,
+    quiet noise does not (a stand-in for a trained model that fires on what it should not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from train.models import ModelConfig
+
+        self.config = ModelConfig(output="sigmoid")
+
+    def forward(self, x, h=None, c=None):  # (B, T, F) -> (B, T, 4)
+        loud = x.max(-1, keepdim=True).values  # loudest band: about -6 in quiet noise, 4 in a bark
+        never = torch.full_like(loud, -10.0)  # baby_cry and gun_shot stay silent
+        logits = torch.cat([4.0 * loud, never, never, -4.0 * loud], dim=-1)
+        return logits, h, c
+
+
+def test_mining_finds_and_weights_up_the_planted_false_alarms(tiny_manifest: Path) -> None:
+    from train.mining import background_peaks, mining_weights
+
+    config = _tiny_config(tiny_manifest, Path("unused"))
+    rng = np.random.default_rng(5)
+    # a stream of quiet background, two clips of which are barks labelled background
+    clips = []
+    for i in range(8):
+        audio = _clip("dog_bark" if i in (2, 5) else "background", rng)
+        active, power = frame_activity(audio, config.features, 30.0)
+        clip = _Clip(f"bg{i}.wav", "background", "background", f"g{i}")
+        clips.append(ClipAudio(clip, 3, audio, active, power))
+    peaks = background_peaks(_LoudnessDetector(), clips, config, seed=0, stream_s=2.0)
+    assert peaks.shape == (8, 4)
+    assert set(np.flatnonzero(peaks[:, 0] >= 0.5)) == {2, 5}, peaks[:, 0]
+    weights, fired = mining_weights(peaks, [0, 1, 2], threshold=0.5, boost=4.0)
+    assert fired.tolist() == [i in (2, 5) for i in range(8)]
+    assert weights.tolist() == [5.0 if i in (2, 5) else 1.0 for i in range(8)]
+    # the builder then draws the planted clips about five times as often
+    builder = SequenceBuilder(config, clips, clips, 3)
+    builder.set_background_weights(weights)
+    draws = [builder._pick_background(rng).clip.group for _ in range(3000)]
+    planted = sum(g in ("g2", "g5") for g in draws) / len(draws)
+    assert planted == pytest.approx(10 / 16, abs=0.04)
+
+
+def _Clip(name: str, label: str, orig: str, group: str):  # noqa: N802 - a constructor
+    from train.datasets import Clip
+
+    return Clip(Path(name), label, orig, group)
+
+
+def test_a_run_with_mining_and_long_background_records_the_rounds(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    config = _tiny_config(
+        tiny_manifest, tmp_path, epochs=3, lr=1e-2, mining_every=1, mining_threshold=0.0,
+        hard_negative_weight=1.0,
+    )  # fmt: skip
+    whole = config.to_dict()
+    whole["augment"].update(
+        background_seq_per_epoch=4, background_seq_s=2.0, reverb_prob=0.5, eq_prob=0.5,
+        freq_masks=1, time_masks=1,
+    )  # fmt: skip
+    whole["model"]["output"] = "sigmoid"
+    result = train(TrainConfig.from_dict(whole), progress=False)
+    history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
+    assert "mining" not in history[0]  # the first round comes after an epoch of training
+    # threshold 0: every background clip fires, so all are drawn alike again
+    assert [h["mining"]["epoch"] for h in history[1:]] == [1, 2]
+    assert all(h["mining"]["fired"] > 0 for h in history[1:])
+    state = load_checkpoint(result.run_dir / "checkpoint_last.pt")
+    weights = state["resume"]["background_weights"]
+    assert weights is not None and set(np.unique(weights)) <= {1.0, 5.0}
+
+
+def test_long_background_sequence_and_room_and_microphone() -> None:
+    from train.sequences import room_impulse
+
+    rng = np.random.default_rng(0)
+    config = TrainConfig.from_dict(
+        {"augment": {"reverb_prob": 1.0, "eq_prob": 1.0, "lowpass_prob": 0.0}}
+    )
+    ir = room_impulse(0.5, RATE, rng, direct_db=6.0)
+    assert float(np.sum(ir**2)) == pytest.approx(1.0, rel=1e-5)
+    tail = ir[1:] ** 2
+    early, late = tail[: RATE // 20].mean(), tail[RATE // 2 - RATE // 20 : RATE // 2].mean()
+    assert 10 * np.log10(early / late) == pytest.approx(54.0, abs=6.0)  # ~60 dB over RT60
+    noise = 0.1 * rng.standard_normal(RATE * 2).astype(np.float32)
+    activity = frame_activity(noise, config.features, 30.0)
+    backgrounds = [ClipAudio(_Clip("n.wav", "background", "bg", "g"), 3, noise, *activity)]
+    builder = SequenceBuilder(config, backgrounds, backgrounds, 3)
+    coloured = builder.room_and_microphone(noise.copy(), rng)
+    level = 10 * np.log10(np.mean(coloured**2) / np.mean(noise**2))
+    assert abs(level) < 6.0  # a room and a microphone colour the sound, they do not mute it
+    features, targets = builder.build_background(rng, 3.0)
+    assert len(features) == config.features.num_frames(3 * RATE)
+    assert (targets == 3).all()
+
+
+def test_hard_negatives_add_the_hardest_background_frames() -> None:
+    from train.losses import classification_loss
+
+    logits = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([3] * 30 + [0] * 10)
+    plain = classification_loss("weighted_ce", [10, 10, 10, 30], output="sigmoid")
+    hard = classification_loss(
+        "weighted_ce", [10, 10, 10, 30], output="sigmoid", hard_negatives=(3, 0.1, 2.0)
+    )
+    per_frame = plain.per_frame(logits[:30], targets[:30])
+    expected = plain(logits, targets) + 2.0 * per_frame.topk(3).values.mean()
+    assert float(hard(logits, targets)) == pytest.approx(float(expected), rel=1e-6)

@@ -118,6 +118,31 @@ class AugmentConfig:
     """Lowest random low-pass cut-off, in Hz."""
     lowpass_max_hz: float = 7000.0
     """Highest random low-pass cut-off, in Hz."""
+    reverb_prob: float = 0.0
+    """Probability of convolving a whole sequence with a synthetic room impulse response
+    (exponentially decaying noise), as a room between the sound and the microphone."""
+    reverb_rt60_min_s: float = 0.2
+    """Shortest reverberation time (60 dB decay) of the synthetic rooms, in s."""
+    reverb_rt60_max_s: float = 1.0
+    """Longest reverberation time, in s."""
+    eq_prob: float = 0.0
+    """Probability of a random microphone colouring of a whole sequence: a smooth random gain
+    over frequency (a tilt and a few broad peaks or dips)."""
+    eq_db: float = 6.0
+    """Largest boost or cut of the colouring, in dB."""
+    background_seq_per_epoch: int = 0
+    """Long event-free sequences per epoch (several background clips joined, a minute-long
+    stretch of a stream with nothing to alert on), besides the clips' own sequences."""
+    background_seq_s: float = 20.0
+    """Length of each long event-free sequence, in s."""
+    freq_masks: int = 0
+    """SpecAugment: frequency bands masked per training sequence (set to the band's mean)."""
+    freq_mask_bands: int = 8
+    """Widest frequency mask, in mel bands."""
+    time_masks: int = 0
+    """SpecAugment: time stretches masked per training sequence."""
+    time_mask_ms: float = 200.0
+    """Longest time mask, in ms."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +214,20 @@ class OptimConfig:
     """'focal': focusing parameter gamma."""
     logit_tau: float = 1.0
     """'logit_adjusted': scale tau of the log prior."""
+    hard_negative_weight: float = 0.0
+    """Weight of the hardest background frames' loss added to the frame loss (0 = off; see
+    train.losses.HardNegatives): a detector is judged by the few background frames that score
+    highest, which inverse-frequency weights make count least."""
+    hard_negative_fraction: float = 0.05
+    """Share of a batch's background frames that count as the hardest."""
+    mining_every: int = 0
+    """Hard-negative mining rounds (train.mining): every this many epochs run the model over all
+    training background joined into long streams and draw the clips that made it fire more
+    often (0 = never)."""
+    mining_threshold: float = 0.5
+    """A background clip 'fires' when an event class's smoothed score reaches this on it."""
+    mining_boost: float = 4.0
+    """A clip that fired is drawn 1 + mining_boost times as often as one that did not."""
     num_threads: int = 1
     """torch intra-op threads (the machine is shared)."""
     out_dir: str = "runs/default"
@@ -255,7 +294,15 @@ class TrainConfig:
             raise ConfigError(
                 f"optim.cluster_head must be one of {HEADS}, got {self.optim.cluster_head!r}"
             )
-        for name in ("patience", "split_epochs", "warmup_steps"):
+        if not 0.0 < self.optim.hard_negative_fraction <= 1.0:
+            raise ConfigError(
+                "optim.hard_negative_fraction must be in (0, 1], got "
+                f"{self.optim.hard_negative_fraction}"
+            )
+        for name in ("hard_negative_weight", "mining_boost"):
+            if getattr(self.optim, name) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self.optim, name)}")
+        for name in ("patience", "split_epochs", "warmup_steps", "mining_every"):
             if getattr(self.optim, name) < 0:
                 raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self.optim, name)}")
         if self.model.output == "sigmoid" and (
@@ -275,11 +322,18 @@ class TrainConfig:
                 "need 0 < augment.context_min_s <= context_max_s and event_max_s > 0, got "
                 f"{aug.context_min_s}, {aug.context_max_s}, {aug.event_max_s}"
             )
-        for name in ("mix_prob", "lowpass_prob"):
+        for name in ("mix_prob", "lowpass_prob", "reverb_prob", "eq_prob"):
             if not 0.0 <= getattr(aug, name) <= 1.0:
                 raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(aug, name)}")
         if not 0 < aug.lowpass_min_hz <= aug.lowpass_max_hz:
             raise ConfigError("need 0 < augment.lowpass_min_hz <= lowpass_max_hz")
+        if not 0 < aug.reverb_rt60_min_s <= aug.reverb_rt60_max_s:
+            raise ConfigError("need 0 < augment.reverb_rt60_min_s <= reverb_rt60_max_s")
+        if aug.background_seq_s <= 0 or aug.background_seq_per_epoch < 0:
+            raise ConfigError(
+                "need augment.background_seq_s > 0 and background_seq_per_epoch >= 0, got "
+                f"{aug.background_seq_s}, {aug.background_seq_per_epoch}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,6 +21,7 @@ __all__ = [
     "BASELINE_METHODS",
     "ClusterCentroidLoss",
     "FocalLoss",
+    "HardNegatives",
     "LogitAdjustedLoss",
     "check_finite",
     "class_balanced_weights",
@@ -437,6 +438,10 @@ class _CrossEntropy(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, weight=self.weight)
 
+    def per_frame(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Unweighted loss of every frame, shape (N,)."""
+        return F.cross_entropy(logits, targets, reduction="none")
+
 
 class _OneVsRest(nn.Module):
     """Binary cross-entropy per class on one-hot frame targets (background frames: background
@@ -449,13 +454,51 @@ class _OneVsRest(nn.Module):
         self.num_classes = num_classes
         self.register_buffer("weight", weight)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def per_frame(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Unweighted loss of every frame (summed over the classes), shape (N,)."""
         onehot = F.one_hot(targets, self.num_classes).to(logits.dtype)  # (N, C)
-        per_frame = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(1)
+        return F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").sum(1)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        per_frame = self.per_frame(logits, targets)
         if self.weight is None:
             return per_frame.mean()
         w = self.weight[targets]
         return (per_frame * w).sum() / w.sum().clamp_min(1e-12)
+
+
+class HardNegatives(nn.Module):
+    """A frame loss plus the mean loss of the hardest background frames of the batch.
+
+    ``loss = base(logits, targets) + weight * mean(top-k per-frame losses of the frames whose
+    target is background)``, k = ceil(``fraction`` x background frames). Inverse-frequency
+    weights make every background frame count little, since background has most frames; yet a
+    detector is judged by its false alarms, i.e. by the few background frames that score
+    highest. This term keeps those in view (online hard-example mining).
+    """
+
+    def __init__(
+        self, base: nn.Module, background_index: int, *, fraction: float, weight: float
+    ) -> None:
+        super().__init__()
+        if not hasattr(base, "per_frame"):
+            raise TrainingError(
+                f"hard-negative mining needs a loss with per-frame values; "
+                f"{type(base).__name__} has none (use weighted_ce or ce)"
+            )
+        if not 0.0 < fraction <= 1.0:
+            raise TrainingError(f"hard-negative fraction must be in (0, 1], got {fraction}")
+        self.base = base
+        self.background_index, self.fraction, self.weight = background_index, fraction, weight
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.base(logits, targets)
+        negative = targets == self.background_index
+        if not negative.any():
+            return loss
+        per_frame = self.base.per_frame(logits[negative], targets[negative])  # type: ignore[operator]
+        k = max(1, math.ceil(self.fraction * per_frame.numel()))
+        return loss + self.weight * per_frame.topk(k).values.mean()
 
 
 def classification_loss(
@@ -465,14 +508,26 @@ def classification_loss(
     focal_gamma: float = 2.0,
     logit_tau: float = 1.0,
     output: str = "softmax",
+    hard_negatives: tuple[int, float, float] | None = None,
 ) -> nn.Module:
     """The loss on logits (N, C) and targets (N,) for a baseline ``method``.
 
     'weighted_ce' (inverse-frequency weights, the published baseline), 'ce', 'logit_adjusted',
     'focal'. With ``output = "sigmoid"`` (one independent probability per class) 'weighted_ce'
     and 'ce' become one-vs-rest binary cross-entropy, frames weighted by inverse class frequency
-    or not at all; the other two have no such form.
+    or not at all; the other two have no such form. ``hard_negatives`` = (background index,
+    fraction, weight) adds the hardest background frames' loss (:class:`HardNegatives`).
     """
+    base = _base_loss(method, class_counts, focal_gamma, logit_tau, output)
+    if hard_negatives is None:
+        return base
+    background, fraction, weight = hard_negatives
+    return HardNegatives(base, background, fraction=fraction, weight=weight)
+
+
+def _base_loss(
+    method: str, class_counts: Sequence[int], focal_gamma: float, logit_tau: float, output: str
+) -> nn.Module:
     if output == "sigmoid":
         if method not in ("weighted_ce", "ce"):
             raise TrainingError(

@@ -39,6 +39,7 @@ __all__ = [
     "collate_crops",
     "crop_frames",
     "frame_activity",
+    "room_impulse",
 ]
 
 IGNORE = -100
@@ -47,6 +48,14 @@ FADE_MS = 10.0
 """Fade at every segment boundary, so joins do not click (a click would be a free cue)."""
 LOWPASS_TAPER_HZ = 400.0
 """Width of the cosine roll-off of the random low-pass."""
+EQ_LOW_HZ = 100.0
+"""Frequency below which the random microphone colouring is flat."""
+EQ_BUMPS = 3
+"""Broad peaks or dips of the random microphone colouring."""
+REVERB_MAX_TAIL_S = 1.5
+"""Longest synthetic impulse response, in s (longer tails change nothing a model can hear)."""
+REVERB_DIRECT_DB = (0.0, 12.0)
+"""Range of the direct path's energy over the reverberant tail's, in dB (near to far)."""
 
 
 @dataclass
@@ -74,12 +83,49 @@ def frame_activity(
     return level_db >= level_db.max() - active_db, power
 
 
+def _lowpass_gain(freqs: npt.NDArray[Any], cutoff_hz: float) -> npt.NDArray[Any]:
+    gain = np.clip((cutoff_hz + LOWPASS_TAPER_HZ - freqs) / LOWPASS_TAPER_HZ, 0.0, 1.0)
+    return 0.5 - 0.5 * np.cos(np.pi * gain)  # cosine roll-off from 1 to 0
+
+
 def _lowpass(audio: npt.NDArray[np.float32], cutoff_hz: float, rate: int) -> npt.NDArray[Any]:
     spectrum = np.fft.rfft(audio)
     freqs = np.fft.rfftfreq(len(audio), 1.0 / rate)
-    gain = np.clip((cutoff_hz + LOWPASS_TAPER_HZ - freqs) / LOWPASS_TAPER_HZ, 0.0, 1.0)
-    gain = 0.5 - 0.5 * np.cos(np.pi * gain)  # cosine roll-off from 1 to 0
-    return np.fft.irfft(spectrum * gain, n=len(audio)).astype(np.float32)
+    return np.fft.irfft(spectrum * _lowpass_gain(freqs, cutoff_hz), n=len(audio)).astype(np.float32)
+
+
+def _eq_gain(freqs: npt.NDArray[Any], max_db: float, rng: np.random.Generator) -> npt.NDArray[Any]:
+    """A smooth random gain over frequency: a tilt on a log-frequency axis plus EQ_BUMPS broad
+    bumps, within +-max_db dB (a microphone and its housing colour the sound like this)."""
+    octave = np.log2(np.maximum(freqs, EQ_LOW_HZ) / EQ_LOW_HZ)  # 0 at EQ_LOW_HZ
+    span = max(float(octave[-1]), 1e-6)
+    db = rng.uniform(-1.0, 1.0) * max_db * (octave / span - 0.5)
+    for _ in range(EQ_BUMPS):
+        centre, width = rng.uniform(0.0, span), rng.uniform(0.5, 2.0)
+        db = db + rng.uniform(-1.0, 1.0) * max_db * np.exp(-0.5 * ((octave - centre) / width) ** 2)
+    return 10.0 ** (np.clip(db, -max_db, max_db) / 20.0)
+
+
+def room_impulse(
+    rt60_s: float, rate: int, rng: np.random.Generator, direct_db: float
+) -> npt.NDArray[np.float32]:
+    """A synthetic room impulse response: a direct path and exponentially decaying noise that
+    falls 60 dB in ``rt60_s``, the tail ``direct_db`` below the direct path in energy; unit
+    energy overall (so reverberation does not change the level)."""
+    length = max(2, round(min(rt60_s, REVERB_MAX_TAIL_S) * rate))
+    t = np.arange(length) / rate
+    tail = rng.standard_normal(length) * np.exp(-6.9078 * t / rt60_s)  # ln(1000): 60 dB
+    tail[0] = 0.0
+    tail *= math.sqrt(10.0 ** (-direct_db / 10.0) / max(float(np.sum(tail**2)), 1e-12))
+    tail[0] = 1.0
+    return (tail / math.sqrt(float(np.sum(tail**2)))).astype(np.float32)
+
+
+def _convolve(audio: npt.NDArray[np.float32], ir: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+    n = len(audio) + len(ir) - 1
+    size = 1 << (n - 1).bit_length()
+    out = np.fft.irfft(np.fft.rfft(audio, size) * np.fft.rfft(ir, size), size)[: len(audio)]
+    return out.astype(np.float32)
 
 
 class SequenceBuilder:
@@ -99,6 +145,7 @@ class SequenceBuilder:
         feat = config.features
         self.rate, self.hop, self.win = feat.sample_rate_hz, feat.hop_samples, feat.window_samples
         self.fade = np.linspace(0.0, 1.0, round(FADE_MS * self.rate / 1000.0), dtype=np.float32)
+        self._background_p: npt.NDArray[np.float64] | None = None
 
     def _crop(self, item: ClipAudio, max_s: float, rng: np.random.Generator) -> tuple[Any, int]:
         """A random crop of at most ``max_s`` starting on a frame boundary: (audio, first frame)."""
@@ -120,12 +167,31 @@ class SequenceBuilder:
             audio[len(audio) - n :] *= self.fade[:n][::-1]
         return audio
 
+    def set_background_weights(self, weights: npt.NDArray[np.float64] | None) -> None:
+        """How often each background clip is drawn (e.g. hard negatives weighted up by mining,
+        :mod:`train.mining`); None: uniformly."""
+        if weights is None:
+            self._background_p = None
+            return
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(self.backgrounds),) or not np.all(w >= 0) or w.sum() <= 0:
+            raise DatasetError(
+                f"background weights must be {len(self.backgrounds)} non-negative numbers, "
+                f"not all 0; got shape {w.shape}"
+            )
+        self._background_p = w / w.sum()
+
+    def _pick_background(self, rng: np.random.Generator) -> ClipAudio:
+        if self._background_p is None:
+            return self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+        return self.backgrounds[int(rng.choice(len(self.backgrounds), p=self._background_p))]
+
     def _background(self, samples: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
         """``samples`` of background (rounded down to whole hops), joining clips as needed."""
         need = max(self.hop, samples // self.hop * self.hop)
         parts, have = [], 0
         while have < need:
-            item = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+            item = self._pick_background(rng)
             audio, _ = self._crop(item, (need - have + 0.5) / self.rate, rng)
             parts.append(self._faded(audio * self._gain(rng)))
             have += len(audio)
@@ -166,10 +232,8 @@ class SequenceBuilder:
             self._seconds(rng.uniform(aug.context_min_s, aug.context_max_s)), rng
         )
         audio = np.concatenate([before, self._faded(event.astype(np.float32)), after])
-        if augment and rng.random() < aug.lowpass_prob:
-            cutoff = rng.uniform(aug.lowpass_min_hz, aug.lowpass_max_hz)
-            if cutoff < self.rate / 2:
-                audio = _lowpass(audio, cutoff, self.rate)
+        if augment:
+            audio = self.room_and_microphone(audio, rng)
         audio = np.clip(audio, -1.0, 1.0)
         features = log_mel(audio, self.config.features)  # (T, F)
         starts = np.arange(len(features)) * self.hop
@@ -179,6 +243,39 @@ class SequenceBuilder:
             j = (starts[inside] - len(before)) // self.hop
             targets[inside] = np.where(active[j], item.target, IGNORE)
         return features, targets
+
+    def room_and_microphone(
+        self, audio: npt.NDArray[np.float32], rng: np.random.Generator
+    ) -> npt.NDArray[np.float32]:
+        """A whole sequence as another room and microphone would hear it: reverberation
+        (``augment.reverb_prob``), then one spectral shaping of a random low-pass
+        (``lowpass_prob``) and a random colouring (``eq_prob``)."""
+        aug = self.config.augment
+        if rng.random() < aug.reverb_prob:
+            rt60 = rng.uniform(aug.reverb_rt60_min_s, aug.reverb_rt60_max_s)
+            ir = room_impulse(rt60, self.rate, rng, rng.uniform(*REVERB_DIRECT_DB))
+            audio = _convolve(audio, ir)
+        lowpass = rng.random() < aug.lowpass_prob
+        cutoff = rng.uniform(aug.lowpass_min_hz, aug.lowpass_max_hz) if lowpass else self.rate
+        colour = rng.random() < aug.eq_prob
+        if cutoff >= self.rate / 2 and not colour:
+            return audio
+        spectrum = np.fft.rfft(audio)
+        freqs = np.fft.rfftfreq(len(audio), 1.0 / self.rate)
+        gain = _lowpass_gain(freqs, cutoff) if cutoff < self.rate / 2 else np.ones(len(freqs))
+        if colour:
+            gain = gain * _eq_gain(freqs, aug.eq_db, rng)
+        return np.fft.irfft(spectrum * gain, n=len(audio)).astype(np.float32)
+
+    def build_background(
+        self, rng: np.random.Generator, seconds: float
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """A long event-free sequence: ``seconds`` of background clips joined (each at its own
+        gain), as a stretch of a stream with nothing to alert on; features (T, F) and targets
+        (T,), all background."""
+        audio = self.room_and_microphone(self._background(self._seconds(seconds), rng), rng)
+        features = log_mel(np.clip(audio, -1.0, 1.0), self.config.features)
+        return features, np.full(len(features), self.background_index, dtype=np.int64)
 
     def crop_frames(self) -> int:
         """Frames of one clip-level crop (``augment.event_max_s``; at least 8 for the CNN)."""
@@ -207,10 +304,8 @@ class SequenceBuilder:
         offset = int(rng.integers(0, length - len(event) + 1)) if augment else 0
         audio = np.zeros(length, dtype=np.float32)
         audio[offset : offset + len(event)] = event
-        if augment and rng.random() < aug.lowpass_prob:
-            cutoff = rng.uniform(aug.lowpass_min_hz, aug.lowpass_max_hz)
-            if cutoff < self.rate / 2:
-                audio = _lowpass(audio, cutoff, self.rate)
+        if augment:
+            audio = self.room_and_microphone(audio, rng)
         features = log_mel(np.clip(audio, -1.0, 1.0), self.config.features)
         return features[: self.crop_frames()], item.target
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from edge_detect.errors import CheckpointError, DatasetError
@@ -62,6 +63,7 @@ from train.losses import (
     class_balanced_weights,
     classification_loss,
 )
+from train.mining import background_peaks, mining_weights
 from train.models import CentroidHead, CNNClassifier, Network, StreamingLSTM, build_model
 from train.plots import embedding_plot, training_plots
 from train.sequences import IGNORE, SequenceBuilder, collate, collate_crops
@@ -73,6 +75,8 @@ log = logging.getLogger(__name__)
 
 LAST_NAME, BEST_NAME = "checkpoint_last.pt", "checkpoint.pt"
 VAL_SEQUENCE_SEED = 12345
+LONG_BACKGROUND = -1
+"""Index of a long event-free sequence in an epoch's order (clips have indices >= 0)."""
 FEATURE_STATS_SEQUENCES = 300
 """Training sequences whose features give the model's per-band normalisation statistics."""
 
@@ -121,6 +125,10 @@ class _Loop:
     optimiser: torch.optim.Optimizer | None = None
     reservoir: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     """The epoch's recent embeddings per class, for the warm re-fits of the centroids."""
+    background_weights: npt.NDArray[np.float64] | None = None
+    """How often each training background clip is drawn (hard-negative mining); None: evenly."""
+    mined: dict[str, Any] | None = None
+    """The latest mining round's figures, for the next epoch's record."""
 
     @property
     def stream_model(self) -> StreamingLSTM | None:
@@ -133,13 +141,23 @@ class _Loop:
             return opt.embed_epochs
         return opt.epochs - self.stage_start
 
+    def long_batch_size(self) -> int:
+        """Long event-free sequences per batch: about as many frames as a batch of clips'."""
+        aug = self.config.augment
+        typical_s = aug.event_max_s + aug.context_min_s + aug.context_max_s
+        return max(1, round(self.config.optim.batch_size * typical_s / aug.background_seq_s))
+
     def batches_per_epoch(self) -> int:
         opt = self.config.optim
         items = self.data.parts["train"]
         backgrounds = sum(c.target == self.data.background_index for c in items)
         events = len(items) - backgrounds
         per_epoch_bg = min(opt.background_per_epoch or backgrounds, backgrounds)
-        return math.ceil((events + per_epoch_bg) // self.world / opt.batch_size)
+        batches = math.ceil((events + per_epoch_bg) // self.world / opt.batch_size)
+        if self.stream_model is not None:
+            longs = self.config.augment.background_seq_per_epoch // self.world
+            batches += longs // self.long_batch_size()
+        return batches
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -248,6 +266,11 @@ def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: P
         focal_gamma=opt.focal_gamma,
         logit_tau=opt.logit_tau,
         output=model_config.output,
+        hard_negatives=(
+            (bg, opt.hard_negative_fraction, opt.hard_negative_weight)
+            if opt.hard_negative_weight > 0
+            else None
+        ),
     )
     net: torch.nn.Module = _EmbedAndClassify(model)
     if world > 1:
@@ -312,6 +335,7 @@ def train(
         # decided at the start of an epoch, from saved state, so a resumed run decides the same
         if loop.stage == 1 and agree(rank == 0 and _embedding_stage_over(loop, epoch), world):
             _start_classifier_stage(loop, epoch)
+        _mine(loop, epoch)
         losses = _train_epoch(loop, epoch, progress)
         _maintain_clusters(loop, epoch)
         stop = agree(time_limit_s is not None and time.monotonic() - started > time_limit_s, world)
@@ -337,11 +361,25 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
     event_clips = [i for i, c in enumerate(items) if c.target != bg]
     rng = np.random.default_rng([opt.seed, epoch])
     torch.manual_seed(opt.seed * 100_003 + epoch)
-    per_epoch_bg = opt.background_per_epoch or len(background_clips)
-    order = event_clips + list(rng.permutation(background_clips)[:per_epoch_bg])
+    per_epoch_bg = min(opt.background_per_epoch or len(background_clips), len(background_clips))
+    weights = loop.background_weights
+    chosen = rng.choice(
+        background_clips,
+        size=per_epoch_bg,
+        replace=False,
+        p=None if weights is None else weights / weights.sum(),
+    )
+    order = event_clips + [int(i) for i in chosen]
     order = [order[i] for i in rng.permutation(len(order))]
     # every rank takes every world-th sequence; equal counts keep the ranks in step
     order = order[: len(order) // loop.world * loop.world][loop.rank :: loop.world]
+    batches = [order[a : a + opt.batch_size] for a in range(0, len(order), opt.batch_size)]
+    if loop.stream_model is not None:  # long event-free sequences, in batches of their own
+        long_batch = loop.long_batch_size()
+        count = loop.config.augment.background_seq_per_epoch // loop.world
+        longs = [LONG_BACKGROUND] * (count // long_batch * long_batch)
+        batches += [longs[a : a + long_batch] for a in range(0, len(longs), long_batch)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
     rng = np.random.default_rng([opt.seed, epoch, loop.rank])  # augmentation differs per rank
     loop.model.train()
     clip_level = isinstance(loop.model, CNNClassifier)
@@ -351,13 +389,13 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
     stage_steps = loop.budget() * loop.batches_per_epoch()
     warmup = max(1, min(opt.warmup_steps, stage_steps // 4))
     losses: list[float] = []
-    bar = _bar(range(0, len(order), opt.batch_size), progress, f"epoch {epoch + 1}/{opt.epochs}")
-    for b_index, start in enumerate(bar):
-        chunk = order[start : start + opt.batch_size]
+    bar = _bar(batches, progress, f"epoch {epoch + 1}/{opt.epochs}")
+    for b_index, chunk in enumerate(bar):
         if clip_level:
             x, y = collate_crops([loop.builder.crop(i, rng) for i in chunk])
         else:
-            x, y = collate([loop.builder.build(i, rng) for i in chunk])
+            x, y = collate([_sequence(loop, i, rng) for i in chunk])
+            _spec_augment(x, loop.model.norm.mean, loop.config, rng)
         in_stage = (epoch - loop.stage_start) * loop.batches_per_epoch() + b_index
         factor = _lr_factor(in_stage, stage_steps, warmup)
         for group in loop.optimiser.param_groups:
@@ -371,17 +409,17 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
         else:  # the classifier waits; zero keeps its parameters in DDP's graph
             loss = 0.0 * logits.sum()
         if cluster_loss is not None and (loop.stage == 1 or opt.aux_weight > 0):
-            owners = [items[i].target for i in chunk]
+            owners = [items[i].target if i != LONG_BACKGROUND else bg for i in chunk]
             z, t = (
                 (emb, y)
                 if clip_level
                 else sample_frames(emb, y, owners, opt.embedding_frames, rng, opt.pool_embeddings)
             )
-            weights = (
+            balance = (
                 class_balanced_weights(t, len(loop.data.labels)) if opt.balance_classes else None
             )
             weight = 1.0 if loop.stage == 1 else opt.aux_weight
-            loss = loss + weight * cluster_loss(z, t, weights, step=loop.step, batch=b_index)
+            loss = loss + weight * cluster_loss(z, t, balance, step=loop.step, batch=b_index)
             for c in t.unique().tolist():
                 loop.reservoir.setdefault(c, []).append(z[t == c].detach())
         check_finite(loss, "the loss", step=loop.step, batch=where)
@@ -394,6 +432,64 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
         if progress and hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     return losses
+
+
+def _sequence(
+    loop: _Loop, index: int, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Training sequence ``index`` of the epoch: around a clip, or a long event-free one."""
+    if index == LONG_BACKGROUND:
+        return loop.builder.build_background(rng, loop.config.augment.background_seq_s)
+    return loop.builder.build(index, rng)
+
+
+def _spec_augment(
+    x: torch.Tensor, fill: torch.Tensor, config: TrainConfig, rng: np.random.Generator
+) -> None:
+    """SpecAugment in place on features (B, T, F): ``augment.freq_masks`` bands and
+    ``augment.time_masks`` stretches per sequence set to the training mean (``fill`` (F,)),
+    which the model's normaliser maps to zero."""
+    aug = config.augment
+    batch, frames, bands = x.shape
+    longest = max(1, round(aug.time_mask_ms / config.features.hop_ms))
+    for b in range(batch):
+        for _ in range(aug.freq_masks):
+            width = int(rng.integers(1, aug.freq_mask_bands + 1))
+            first = int(rng.integers(0, max(1, bands - width + 1)))
+            x[b, :, first : first + width] = fill[first : first + width]
+        for _ in range(aug.time_masks):
+            width = int(rng.integers(1, longest + 1))
+            first = int(rng.integers(0, max(1, frames - width + 1)))
+            x[b, first : first + width, :] = fill
+
+
+def _mine(loop: _Loop, epoch: int) -> None:
+    """A hard-negative mining round (:mod:`train.mining`) before ``epoch``, when one is due."""
+    opt = loop.config.optim
+    stream_model = loop.stream_model
+    if not opt.mining_every or stream_model is None or loop.stage == 1:
+        return
+    if epoch == 0 or epoch % opt.mining_every:
+        return
+    bg = loop.data.background_index
+    peaks = background_peaks(stream_model, loop.builder.backgrounds, loop.config, opt.seed + epoch)
+    events = [c for c in range(len(loop.data.labels)) if c != bg]
+    weights, fired = mining_weights(
+        peaks, events, threshold=opt.mining_threshold, boost=opt.mining_boost
+    )
+    loop.background_weights = weights
+    loop.builder.set_background_weights(weights)
+    per_class = {
+        loop.data.labels[c]: int((peaks[:, c] >= opt.mining_threshold).sum()) for c in events
+    }
+    loop.mined = {"epoch": epoch, "fired": int(fired.sum()), "per_class": per_class}
+    log.info(
+        "mining before epoch %d: %d of %d training background clips fire %s",
+        epoch + 1,
+        int(fired.sum()),
+        len(fired),
+        per_class,
+    )
 
 
 def _maintain_clusters(loop: _Loop, epoch: int) -> None:
@@ -453,6 +549,8 @@ def _validate(loop: _Loop, epoch: int, losses: list[float], elapsed_s: float) ->
             score = record["val_nearest_mean_error"]
     record["val_score"] = score
     record["split"] = loop.split_epoch == epoch + 1
+    if loop.mined is not None and loop.mined["epoch"] == epoch:
+        record["mining"] = loop.mined
     record["elapsed_s"] = round(elapsed_s, 1)
     loop.history.append(record)
     log.info(
@@ -563,6 +661,7 @@ def _save_last(loop: _Loop, run_dir: Path, epoch: int) -> None:
                 "stage_start": loop.stage_start,
                 "bad_epochs": loop.bad_epochs,
                 "split_epoch": loop.split_epoch,
+                "background_weights": loop.background_weights,
                 "optimizer_state": loop.optimiser.state_dict(),
                 "cluster_loss": (
                     loop.cluster_loss.state_dict() if loop.cluster_loss is not None else None
@@ -590,6 +689,8 @@ def _resume(loop: _Loop, run_dir: Path) -> int:
     loop.history, loop.best = saved["history"], saved["best"]
     loop.best_embedding, loop.bad_epochs = saved["best_embedding"], saved["bad_epochs"]
     loop.split_epoch = saved["split_epoch"]
+    loop.background_weights = saved["background_weights"]
+    loop.builder.set_background_weights(loop.background_weights)
     loop.step = saved["step"]
     log.info("resuming %s after epoch %d", run_dir, saved["epoch"])
     return int(saved["epoch"])
