@@ -557,3 +557,34 @@ def test_hard_negatives_add_the_hardest_background_frames() -> None:
     per_frame = plain.per_frame(logits[:30], targets[:30])
     expected = plain(logits, targets) + 2.0 * per_frame.topk(3).values.mean()
     assert float(hard(logits, targets)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_detection_defaults_come_from_the_runtime_state_machine() -> None:
+    from edge_detect.detect import ClassDetection, ClassDetector
+    from train.evaluate import causal_mean, detection_defaults
+
+    rng = np.random.default_rng(3)
+    scores = []
+    for owner in (0, 0, 0, 3, 3, 3, 3, 3):
+        p = np.full((300, 4), 0.05, dtype=np.float32)
+        p[:, 3] = 0.9
+        if owner == 0:
+            p[100:140, 0] = 0.8  # the event
+        p[rng.integers(300), 0] = 0.6  # one stray frame: smoothing keeps it below 0.5
+        scores.append(p)
+    settings = detection_defaults(scores, [0, 0, 0, 3, 3, 3, 3, 3], LABELS, 3, 10.0)
+    dog = ClassDetection.from_dict(settings["dog_bark"])
+    assert 0.2 < dog.threshold_on <= 0.8  # finds every bark, fires on no background
+    assert settings["background"]["enabled"] is False
+    default = ClassDetection()
+    assert (dog.smoothing_ms, dog.confirm_ms) == (default.smoothing_ms, default.confirm_ms)
+    assert dog.threshold_off / dog.threshold_on == pytest.approx(
+        default.threshold_off / default.threshold_on
+    )
+    # the trainer's smoothing is the runtime's
+    detector = ClassDetector("dog_bark", default, 10.0)
+    runtime = []
+    for value in scores[0][:, 0]:
+        detector.update(float(value))
+        runtime.append(detector.smoothed)
+    assert causal_mean(scores[0], 10)[:, 0] == pytest.approx(runtime, abs=1e-6)

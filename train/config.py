@@ -214,6 +214,11 @@ class OptimConfig:
     """'focal': focusing parameter gamma."""
     logit_tau: float = 1.0
     """'logit_adjusted': scale tau of the log prior."""
+    select_by: str = "error"
+    """What picks the best epoch (and ends a stage early): 'error' (the mean of the validation
+    clip and frame per-class errors) or 'low_fp' (the LSTM's validation miss rate when only 1%
+    of other sequences may reach a class's threshold: what a detector that must not cry wolf
+    finds; train.evaluate.evaluate_stream)."""
     hard_negative_weight: float = 0.0
     """Weight of the hardest background frames' loss added to the frame loss (0 = off; see
     train.losses.HardNegatives): a detector is judged by the few background frames that score
@@ -293,6 +298,10 @@ class TrainConfig:
         if self.optim.cluster_head not in HEADS:
             raise ConfigError(
                 f"optim.cluster_head must be one of {HEADS}, got {self.optim.cluster_head!r}"
+            )
+        if self.optim.select_by not in ("error", "low_fp"):
+            raise ConfigError(
+                f"optim.select_by must be 'error' or 'low_fp', got {self.optim.select_by!r}"
             )
         if not 0.0 < self.optim.hard_negative_fraction <= 1.0:
             raise ConfigError(

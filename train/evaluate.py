@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 from edge_detect.detect import ClassDetection
 from edge_detect.features import log_mel
+from edge_detect.operating import CURVE_THRESHOLDS, replay_events, with_threshold
 from train.config import TrainConfig
 from train.models import CNNClassifier, Network, StreamingLSTM, probabilities
 from train.sequences import IGNORE, ClipAudio, collate, crop_frames
@@ -22,16 +22,21 @@ from train.splits import Dataset
 __all__ = [
     "auc",
     "band_check",
+    "causal_mean",
     "clip_scores",
+    "detection_defaults",
     "evaluate_clips",
     "evaluate_stream",
     "per_class",
+    "stream_scores",
 ]
 
-SMOOTHING_MS = 100.0
-"""Moving average applied to frame scores when choosing detection thresholds (as the runtime)."""
-MIN_THRESHOLD = 0.3
-"""Lowest detection threshold a checkpoint proposes."""
+SMOOTHING_MS = ClassDetection().smoothing_ms
+"""Moving average applied to frame scores (the runtime's default smoothing)."""
+LOW_FALSE_POSITIVE = 0.01
+"""Share of the other sequences allowed to reach a class's threshold in ``miss_at_low_fp``."""
+EVAL_BATCH = 64
+"""Sequences scored together."""
 FALSE_ALARM_WEIGHT = 2.0
 """Threshold choice maximises detected - FALSE_ALARM_WEIGHT * false-alarm share of sequences:
 in a stream a false alarm costs more than a late or missed event of a rare class."""
@@ -126,7 +131,33 @@ def clip_scores(
     return np.stack(probs), np.stack(embeddings), np.asarray(targets, dtype=np.int64)
 
 
+def causal_mean(scores: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.float64]:
+    """Trailing moving average of ``frames`` over axis 0 of (T, C) scores, over the frames seen
+    so far at the start: the runtime's smoothing (:class:`edge_detect.detect.ClassDetector`)."""
+    x = np.asarray(scores, dtype=np.float64)
+    total = np.cumsum(x, axis=0)
+    total[frames:] = total[frames:] - total[:-frames]
+    seen = np.minimum(np.arange(1, len(x) + 1), frames)[:, None]
+    return total / seen
+
+
 @torch.no_grad()
+def stream_scores(
+    model: StreamingLSTM,
+    sequences: Sequence[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]],
+) -> list[npt.NDArray[np.float32]]:
+    """Frame probabilities (T, C) of every sequence, each from a zero state."""
+    model.eval()
+    out = []
+    for start in range(0, len(sequences), EVAL_BATCH):
+        chunk = sequences[start : start + EVAL_BATCH]
+        x, _ = collate(chunk)
+        logits, _, _ = model(x)
+        p = probabilities(logits, model.config.output).numpy()  # (B, T, C)
+        out += [p[b, : len(feats)] for b, (feats, _) in enumerate(chunk)]
+    return out
+
+
 def evaluate_stream(
     model: StreamingLSTM,
     sequences: Sequence[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]],
@@ -134,58 +165,78 @@ def evaluate_stream(
     labels: Sequence[str],
     background_index: int,
     config: TrainConfig,
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Frame-level metrics on background-event-background sequences, and detection defaults.
+) -> tuple[dict[str, Any], list[npt.NDArray[np.float32]]]:
+    """Frame-level metrics on background-event-background sequences, and how well each class
+    is found when false detections must stay rare; also the sequences' scores.
 
-    A class's threshold maximises (share of the class's sequences detected) -
-    FALSE_ALARM_WEIGHT * (share of other sequences with a false detection), on the maximum of
-    the smoothed frame score of each sequence.
+    Per event class: the peak of its smoothed score (runtime smoothing, ``SMOOTHING_MS``) on
+    every sequence; the threshold that only ``LOW_FALSE_POSITIVE`` of the *other* sequences
+    reach; and the share of the class's own sequences that stay below it
+    (``miss_at_low_fp``, with its mean over classes): what a detector that must not cry wolf
+    finds, the validation score of ``optim.select_by = "low_fp"``. Also the peaks' ROC-AUC.
     """
-    model.eval()
+    scores = stream_scores(model, sequences)
+    targets = np.concatenate([t for _, t in sequences])
+    predicted = np.concatenate([p.argmax(1) for p in scores])
+    keep = targets != IGNORE
+    metrics = per_class(targets[keep], predicted[keep], labels)
     smooth = max(1, round(SMOOTHING_MS / config.features.hop_ms))
-    frame_true, frame_pred, peaks = [], [], []
-    for start in range(0, len(sequences), 64):
-        x, y = collate(sequences[start : start + 64])
-        logits, _, _ = model(x)
-        p = probabilities(logits, model.config.output)  # (B, T, C)
-        kernel = torch.ones(1, 1, smooth) / smooth
-        for b, (feats, _) in enumerate(sequences[start : start + 64]):
-            pb = p[b, : len(feats)].T[:, None, :]  # (C, 1, T)
-            smoothed = F.conv1d(F.pad(pb, (smooth - 1, 0), mode="replicate"), kernel)[:, 0]
-            peaks.append(smoothed.max(1).values.numpy())
-        mask = y != IGNORE
-        frame_true.append(y[mask].numpy())
-        frame_pred.append(p[mask].argmax(-1).numpy())
-    metrics = per_class(np.concatenate(frame_true), np.concatenate(frame_pred), labels)
-    peak = np.stack(peaks)  # (S, C)
+    peak = np.stack([causal_mean(p, smooth).max(0) for p in scores])  # (S, C)
     owner = np.asarray(event_class)
-    detection: dict[str, dict[str, Any]] = {}
+    low_fp: dict[str, float] = {}
     for c, label in enumerate(labels):
         if c == background_index:
-            detection[label] = ClassDetection(enabled=False).to_dict()
             continue
         positive = owner == c
-        best, best_t = -math.inf, MIN_THRESHOLD
-        for t in np.unique(np.concatenate([peak[:, c], [MIN_THRESHOLD]])):
-            if t < MIN_THRESHOLD:
-                continue
-            tpr = float((peak[positive, c] >= t).mean()) if positive.any() else 0.0
-            fpr = float((peak[~positive, c] >= t).mean()) if (~positive).any() else 0.0
-            if tpr - FALSE_ALARM_WEIGHT * fpr > best:
-                best, best_t = tpr - FALSE_ALARM_WEIGHT * fpr, float(t)
-        threshold = round(min(best_t, 0.95), 3)
-        detection[label] = ClassDetection(
-            threshold_on=threshold,
-            threshold_off=round(0.6 * threshold, 3),
-            smoothing_ms=SMOOTHING_MS,
-        ).to_dict()
+        if not positive.any() or positive.all():
+            continue
+        threshold = float(np.quantile(peak[~positive, c], 1.0 - LOW_FALSE_POSITIVE))
+        low_fp[label] = float((peak[positive, c] <= threshold).mean())
         metrics.setdefault("sequence_detection", {})[label] = {
-            "threshold": threshold,
-            "detected": float((peak[positive, c] >= threshold).mean()) if positive.any() else None,
-            "false_alarm_sequences": float((peak[~positive, c] >= threshold).mean()),
+            "threshold_at_low_fp": round(threshold, 4),
+            "miss_at_low_fp": round(low_fp[label], 4),
             "auc": auc(peak[:, c], positive),
         }
-    return metrics, detection
+    metrics["miss_at_low_fp"] = float(np.mean(list(low_fp.values()))) if low_fp else math.nan
+    return metrics, scores
+
+
+def detection_defaults(
+    scores: Sequence[npt.NDArray[np.float32]],
+    event_class: Sequence[int],
+    labels: Sequence[str],
+    background_index: int,
+    hop_ms: float,
+) -> dict[str, dict[str, Any]]:
+    """Detection settings per class to ship with a checkpoint (``edge-detect calibrate`` later
+    chooses them for a false-alarm target on a validation stream).
+
+    The runtime's own state machine is replayed on every sequence's scores
+    (:func:`edge_detect.operating.replay_events`): each class keeps the default
+    :class:`~edge_detect.detect.ClassDetection` and the ``threshold_on`` of
+    :data:`~edge_detect.operating.CURVE_THRESHOLDS` that maximises (share of its sequences with
+    an event) - ``FALSE_ALARM_WEIGHT`` x (share of the other sequences with one), in a stream a
+    false alarm costing more than a late or missed event (of several equally good thresholds,
+    the middle one).
+    """
+    owner = np.asarray(event_class)
+    out: dict[str, dict[str, Any]] = {}
+    for c, label in enumerate(labels):
+        if c == background_index:
+            out[label] = ClassDetection(enabled=False).to_dict()
+            continue
+        positive = owner == c
+        gains = []
+        for threshold in CURVE_THRESHOLDS:
+            setting = with_threshold(ClassDetection(), threshold)
+            fired = np.array([bool(replay_events(p[:, c], label, setting, hop_ms)) for p in scores])
+            tpr = float(fired[positive].mean()) if positive.any() else 0.0
+            fpr = float(fired[~positive].mean()) if (~positive).any() else 0.0
+            gains.append(tpr - FALSE_ALARM_WEIGHT * fpr)
+        # the middle of the best thresholds: a plateau's edge is where the next clip tips over
+        best = [t for t, gain in zip(CURVE_THRESHOLDS, gains, strict=True) if gain == max(gains)]
+        out[label] = with_threshold(ClassDetection(), best[len(best) // 2]).to_dict()
+    return out
 
 
 def band_check(model: Network, data: Dataset, config: TrainConfig) -> dict[str, Any]:

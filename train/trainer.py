@@ -56,7 +56,13 @@ from train.cluster_stage import (
 )
 from train.config import TrainConfig
 from train.distributed import agree, broadcast_state, distributed, same_centroids
-from train.evaluate import band_check, clip_scores, evaluate_clips, evaluate_stream
+from train.evaluate import (
+    band_check,
+    clip_scores,
+    detection_defaults,
+    evaluate_clips,
+    evaluate_stream,
+)
 from train.losses import (
     ClusterCentroidLoss,
     check_finite,
@@ -538,7 +544,10 @@ def _validate(loop: _Loop, epoch: int, losses: list[float], elapsed_s: float) ->
             config,
         )
         score = 0.5 * (clip_metrics["mean_error"] + stream_metrics["mean_error"])
+        if config.optim.select_by == "low_fp":
+            score = stream_metrics["miss_at_low_fp"]
         record["val_frame_error"] = stream_metrics["mean_error"]
+        record["val_miss_at_low_fp"] = stream_metrics["miss_at_low_fp"]
     if loop.cluster_loss is not None:
         record.update(
             fresh_mean_error(
@@ -729,8 +738,12 @@ def _finish(loop: _Loop, run_dir: Path, epoch: int, started: float) -> RunResult
     extra: dict[str, Any] = {}
     stream_model = loop.stream_model
     if stream_model is not None:  # detection thresholds come from the frame scores of the stream
-        stream_val, extra["detection"] = evaluate_stream(
-            stream_model, loop.val_sequences, [c.target for c in val_items], labels, bg, config
+        owners = [c.target for c in val_items]
+        stream_val, val_scores = evaluate_stream(
+            stream_model, loop.val_sequences, owners, labels, bg, config
+        )
+        extra["detection"] = detection_defaults(
+            val_scores, owners, labels, bg, config.features.hop_ms
         )
         metrics["val"]["stream"] = stream_val
     test_items = data.parts["test"]
