@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--preset",
         type=Path,
-        default=CHECKOUT / "train/configs/default.toml",
+        default=CHECKOUT / "train/configs/paper.toml",
         help="training preset (TOML) every run starts from",
     )
     parser.add_argument(

@@ -306,7 +306,7 @@ def tiny_preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     preset.write_text(
         f"""
 [data]
-manifest = "{root / "manifest.csv"}"
+manifests = ["{root / "manifest.csv"}"]
 val_fraction = 0.25
 test_fraction = 0.3
 cache_dir = "{root / "cache"}"
@@ -338,7 +338,10 @@ def test_the_comparison_trains_then_rescores_its_checkpoints_without_training(
     first = capsys.readouterr().out
     results = json.loads((out / "results_1-1-1-2.json").read_text(encoding="utf-8"))
     summary = results["ratios"]["1:1:1:2"]
-    assert set(summary) == {"clean", "mixtures", "band_check"}
+    assert set(summary) == {"clean", "mixtures", "band_check", "runs"}
+    # what each run cost and where it converged, beside its scores
+    (run,) = summary["runs"]["ce"]
+    assert run["epochs_run"] == 1 and run["best_epoch"] == 1 and run["wall_time_s"] > 0
     mixed, clean = summary["mixtures"], summary["clean"]
     # every test event three times (one per ratio), the backgrounds once, clean
     for label in LABELS[:3]:

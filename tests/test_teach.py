@@ -36,8 +36,9 @@ from train.background_bank import (  # noqa: E402
 )
 from train.config import CHECKOUT, TrainConfig, load_config  # noqa: E402
 from train.folder import folder_config, read_folder, split_warnings, zero_error_bound  # noqa: E402
-from train.trainer import IGNORE as TRAINER_IGNORE  # noqa: E402
-from train.trainer import ClipAudio, SequenceBuilder, frame_activity, split_clips  # noqa: E402
+from train.sequences import IGNORE as TRAINER_IGNORE  # noqa: E402
+from train.sequences import ClipAudio, SequenceBuilder, frame_activity  # noqa: E402
+from train.splits import split_clips  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

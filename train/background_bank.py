@@ -9,7 +9,7 @@ of speech in many languages, music and household noise, quantised to 8 bits
 licence-clean rows of the corpus; sources and licences in ``train/assets/BACKGROUND_BANK.md``).
 
 :class:`BankSequenceBuilder` then builds the same background-event-background training sequences
-as :class:`train.trainer.SequenceBuilder`, but in the mel-power domain: the event's mel power (its
+as :class:`train.sequences.SequenceBuilder`, but in the mel-power domain: the event's mel power (its
 audio through the shared front end) is added to a bed of background mel power drawn from the bank
 (``P = P_event + k * P_bed``, exact for the expected power of independent sounds), at the same
 random gain, event-to-background ratio (measured in-band, over the event's active frames) and
@@ -59,7 +59,7 @@ QUANT_HIGH = 9.5
 QUANT_LEVELS = 255
 """8-bit codes: steps of (QUANT_HIGH - QUANT_LOW) / 255 = 0.11 (0.48 dB of power)."""
 IGNORE = -100
-"""Frame target no loss sees; the value of :data:`train.trainer.IGNORE` (checked by a test)."""
+"""Frame target no loss sees; the value of :data:`train.sequences.IGNORE` (checked by a test)."""
 LOWPASS_TAPER_HZ = 400.0
 """Width of the cosine roll-off of the random low-pass, as in the audio path."""
 
@@ -153,7 +153,7 @@ def _band_centres_hz(config: FeatureConfig) -> npt.NDArray[np.float64]:
 class BankSequenceBuilder:
     """Training sequences whose background comes from a :class:`BackgroundBank`.
 
-    Same interface and sequence layout as :class:`train.trainer.SequenceBuilder` (``build``,
+    Same interface and sequence layout as :class:`train.sequences.SequenceBuilder` (``build``,
     ``clips``): ``before (context) | event crop | after (context)``, targets background outside
     the event and the event's class on its active frames (IGNORE on its quiet ones). The bed runs
     under the whole sequence; the event is added on top of it (with probability
@@ -257,6 +257,12 @@ class BankSequenceBuilder:
         features = np.log(np.maximum(power, self.config.features.log_floor)).astype(np.float32)
         return features, np.full(frames, self.background_index, dtype=np.int64)
 
+    def build_background(
+        self, rng: np.random.Generator, seconds: float
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """A long event-free sequence of ``seconds`` (the trainer's long background sequences)."""
+        return self.background_sequence(max(1, round(seconds * self.fps)), rng)
+
     def crop(self, index: int, rng: np.random.Generator, *, augment: bool = True) -> Any:
         raise DatasetError(
             "the shipped background serves the streaming LSTM only; the clip-level CNN needs "
@@ -298,7 +304,7 @@ def sequence_builder(
     """The trainer's sequence builder for one part of the split: from background clips when
     there are any, else from the shipped background bank's ``part`` (``"train"`` or ``"val"``:
     distinct recordings)."""
-    from train.trainer import SequenceBuilder
+    from train.sequences import SequenceBuilder
 
     if backgrounds:
         return SequenceBuilder(config, clips, backgrounds, background_index)

@@ -125,7 +125,7 @@ def folder_config(
     merged: dict[str, Any] = {key: dict(value) for key, value in (overrides or {}).items()}
     merged.setdefault("data", {}).update(
         {
-            "manifest": str(manifest.resolve()),
+            "manifests": [str(manifest.resolve())],
             "labels": data.labels if data.has_background else [*data.labels, BACKGROUND],
             "background_label": BACKGROUND,
             "exclude_licenses": [],

@@ -124,8 +124,8 @@ def load_dataset(config: TrainConfig, *, progress: bool = False) -> Dataset:
             for clip, audio in zip(loaded.clips, loaded.features, strict=True)
         ]
     train_counts = Counter(item.target for item in parts["train"])
-    for label in data.labels:
-        if train_counts.get(index[label], 0) == 0:
+    for label in data.labels:  # no background clips: the shipped background serves
+        if train_counts.get(index[label], 0) == 0 and label != data.background_label:
             raise DatasetError(
                 f"class {label!r} has no training clips in {data.manifests} after filtering; "
                 "check data.labels and data.exclude_licenses"

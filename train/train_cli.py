@@ -93,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, overrides)
     from train.folder import split_warnings
-    from train.trainer import split_clips, train
+    from train.splits import split_clips
+    from train.trainer import train
 
     parts, _ = split_clips(config)
     warnings = split_warnings(parts, config.data.labels, config.data.val_fraction)

@@ -46,6 +46,7 @@ import numpy.typing as npt
 import torch
 
 from edge_detect.errors import CheckpointError, DatasetError
+from train.background_bank import sequence_builder, validation_negatives
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.cluster_stage import (
     drain,
@@ -106,8 +107,11 @@ class _Loop:
     data: Dataset
     model: Network
     net: torch.nn.Module
-    builder: SequenceBuilder
+    builder: Any
+    """A :class:`train.sequences.SequenceBuilder` (or the shipped background's builder)."""
     val_sequences: list[Any]
+    val_owner: list[int]
+    """The class of each validation sequence (its clip's, background for extra negatives)."""
     frame_loss: torch.nn.Module
     cluster_loss: ClusterCentroidLoss | None
     mean_clips: list[Any]
@@ -229,10 +233,14 @@ def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: P
         raise DatasetError("the validation split is empty; raise data.val_fraction")
     train_backgrounds = [c for c in train_items if c.target == bg]
     val_backgrounds = [c for c in val_items if c.target == bg] or train_backgrounds
-    builder = SequenceBuilder(config, train_items, train_backgrounds, bg)
-    val_builder = SequenceBuilder(config, val_items, val_backgrounds, bg)
+    # background clips, or the shipped background features when a folder has none
+    builder = sequence_builder(config, train_items, train_backgrounds, bg, part="train")
+    val_builder = sequence_builder(config, val_items, val_backgrounds, bg, part="val")
     val_rng = np.random.default_rng(VAL_SEQUENCE_SEED)
     val_sequences = [val_builder.build(i, val_rng, augment=False) for i in range(len(val_items))]
+    val_owner = [item.target for item in val_items]
+    negatives = validation_negatives(val_builder, val_rng)  # shipped background: none else
+    val_sequences, val_owner = val_sequences + negatives, val_owner + [bg] * len(negatives)
     counts = data.counts("train")
     log.info("training clips per class: %s", dict(zip(data.labels, counts, strict=True)))
 
@@ -288,6 +296,7 @@ def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: P
         net=net,
         builder=builder,
         val_sequences=val_sequences,
+        val_owner=val_owner,
         frame_loss=frame_loss,
         cluster_loss=cluster_loss,
         mean_clips=mean_sample(train_items, opt.seed) if cluster_loss is not None else [],
@@ -475,6 +484,8 @@ def _mine(loop: _Loop, epoch: int) -> None:
     stream_model = loop.stream_model
     if not opt.mining_every or stream_model is None or loop.stage == 1:
         return
+    if not isinstance(loop.builder, SequenceBuilder):  # the shipped background: no clips
+        return
     if epoch == 0 or epoch % opt.mining_every:
         return
     bg = loop.data.background_index
@@ -538,7 +549,7 @@ def _validate(loop: _Loop, epoch: int, losses: list[float], elapsed_s: float) ->
         stream_metrics, _ = evaluate_stream(
             loop.stream_model,
             loop.val_sequences,
-            [item.target for item in val_items],
+            loop.val_owner,
             labels,
             loop.data.background_index,
             config,
@@ -738,7 +749,7 @@ def _finish(loop: _Loop, run_dir: Path, epoch: int, started: float) -> RunResult
     extra: dict[str, Any] = {}
     stream_model = loop.stream_model
     if stream_model is not None:  # detection thresholds come from the frame scores of the stream
-        owners = [c.target for c in val_items]
+        owners = loop.val_owner
         stream_val, val_scores = evaluate_stream(
             stream_model, loop.val_sequences, owners, labels, bg, config
         )
@@ -804,7 +815,7 @@ def _test_metrics(loop: _Loop) -> dict[str, Any]:
     if loop.stream_model is not None:
         val_backgrounds = [c for c in data.parts["val"] if c.target == bg]
         test_bgs = [c for c in test_items if c.target == bg] or val_backgrounds
-        test_builder = SequenceBuilder(config, test_items, test_bgs, bg)
+        test_builder = sequence_builder(config, test_items, test_bgs, bg, part="val")
         test_rng = np.random.default_rng(VAL_SEQUENCE_SEED + 1)
         test_sequences = [
             test_builder.build(i, test_rng, augment=False) for i in range(len(test_items))

@@ -1,0 +1,219 @@
+"""The open-world evaluation of a trained checkpoint (BENCHMARKS.md section 2), as one command.
+
+What a user lives with is a detector on an endless stream of sounds it mostly never heard. For
+one checkpoint this runs, with the project's own commands (so every figure is reproducible from
+them):
+
+1. ``edge-detect export``: the checkpoint as the streaming ONNX model;
+2. ``edge-detect data split``: the checkpoint's own train/val/test manifests;
+3. ``edge-detect calibrate`` on the *validation* part: per-class settings for
+   ``--target-fa-per-hour`` on every distinct validation background clip once;
+4. ``edge-detect eval stream`` on the *test* part (never used to choose anything): events at
+   ``--snr-db`` ratios, false alarms per hour on every distinct test background clip once, per
+   kind of sound too, the miss-vs-false-alarm curves;
+
+and prints the figures against the aims of BENCHMARKS.md section 2 (per class: at most 1 false
+alarm per hour, at most 25% of events not detected at +6 dB and 40% at 0 dB, event F1 >= 0.7 at
++6 dB, no kind of sound above 5 false alarms per hour; onset-to-alert median <= 300 ms for
+dog_bark and gun_shot, <= 1 s for baby_cry). ``--table FILE...`` prints earlier results side by
+side (the "what helped" table).
+
+Usage::
+
+    python bench/openworld.py runs/e2_openworld/checkpoint.pt --name e2_openworld \\
+        --json bench/results/openworld_e2_openworld.json
+
+Writes the model files, the split and the raw JSON of both commands under ``--work``
+(``runs/openworld/<name>``); the summary JSON to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+BACKGROUND = "background"
+AIMS = {
+    "false_alarms_per_hour": 1.0,
+    "miss_rate_+6": 0.25,
+    "miss_rate_0": 0.40,
+    "f1_+6": 0.7,
+    "source_false_alarms_per_hour": 5.0,
+    "latency_s": {"dog_bark": 0.3, "gun_shot": 0.3, "baby_cry": 1.0},
+}
+"""BENCHMARKS.md section 2's aim now (and section 3's onset-to-alert latency)."""
+
+
+def _run(args: list[str]) -> None:
+    """One project command; its output goes to this process's stderr, a failure stops here."""
+    print("$ " + " ".join(args), file=sys.stderr, flush=True)
+    result = subprocess.run(args, cwd=CHECKOUT, stdout=sys.stderr, stderr=sys.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"command failed ({result.returncode}): {' '.join(args)}")
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """Export, split, calibrate on validation, evaluate on test; the summary."""
+    work = args.work / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "edge_detect"]
+    model, calibrated = work / "model.onnx", work / "model_calibrated.onnx"
+    started = time.monotonic()
+    if not model.is_file() or args.redo:
+        _run([*exe, "export", str(args.checkpoint), "-o", str(model), "--name", args.name])
+    split = work / "split"
+    if not (split / "test.csv").is_file() or args.redo:
+        _run([*exe, "data", "split", "--config", str(args.checkpoint), "--out", str(split)])
+    calibration = work / "calibration.json"
+    _run(
+        [
+            *exe, "calibrate", "--model", str(model), "--manifest", str(split / "val.csv"),
+            "--target-fa-per-hour", str(args.target_fa_per_hour), "--snr-db", "-6", "0", "6",
+            "--seed", "0", "--out", str(calibrated), "--force", "--json", str(calibration),
+        ]
+    )  # fmt: skip
+    test = work / "test_stream.json"
+    _run(
+        [
+            *exe, "eval", "stream", "--model", str(calibrated), "--manifest",
+            str(split / "test.csv"), "--snr-db", "-6", "0", "6", "--seed", "0",
+            "--json", str(test), "--plot", str(work / "test_stream.png"),
+        ]
+    )  # fmt: skip
+    summary = summarise(json.loads(test.read_text()), json.loads(calibration.read_text()))
+    summary.update(
+        name=args.name,
+        checkpoint=_relative(args.checkpoint),
+        target_fa_per_hour=args.target_fa_per_hour,
+        wall_time_s=round(time.monotonic() - started, 1),
+        files=_relative(work),
+    )
+    return summary
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(CHECKOUT))
+    except ValueError:
+        return str(path)
+
+
+def summarise(test: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
+    """Per class: the test figures the aims name, and whether each aim holds."""
+    by_ratio = {str(float(s["ratio_db"])): s for s in test["streams"]}
+    classes: dict[str, Any] = {}
+    for label, fa in test["false_alarms"].items():
+        row: dict[str, Any] = {
+            "false_alarms_per_hour": fa["per_hour"],
+            "setting": calibration["classes"][label]["setting"],
+            "val_false_alarms_per_hour": calibration["classes"][label]["val_false_alarms_per_hour"],
+        }
+        for ratio, stream in by_ratio.items():
+            cell = stream["per_class"][label]
+            key = f"{float(ratio):+g}".replace("+0", "0")
+            row[f"miss_rate_{key}"] = cell["miss_rate"]
+            row[f"f1_{key}"] = cell["f1"]
+            row[f"latency_s_{key}"] = cell["onset_to_alert_median_s"]
+            row["events"] = cell["events"]
+        worst = max(
+            (
+                (src["per_class"][label]["per_hour"] or 0.0, name)
+                for name, src in test["false_alarms_by_source"].items()
+            ),
+            default=(0.0, "-"),
+        )
+        row["worst_source"] = {"kind": worst[1], "per_hour": worst[0]}
+        row["aims"] = _aims(label, row)
+        classes[label] = row
+    return {
+        "event_free_hours": test["event_free_hours"],
+        "background_distinct_minutes": test["background_distinct_minutes"],
+        "val_background_distinct_minutes": calibration["background_distinct_minutes"],
+        "classes": classes,
+        "false_alarms_by_source": test["false_alarms_by_source"],
+        "overall_f1": {str(s["ratio_db"]): s["overall_f1"] for s in test["streams"]},
+    }
+
+
+def _aims(label: str, row: dict[str, Any]) -> dict[str, bool]:
+    def at_most(value: Any, limit: float) -> bool:
+        return value is not None and value <= limit
+
+    latency = row.get("latency_s_+6")
+    return {
+        "false_alarms": at_most(row["false_alarms_per_hour"], AIMS["false_alarms_per_hour"]),
+        "miss_+6": at_most(row.get("miss_rate_+6"), AIMS["miss_rate_+6"]),
+        "miss_0": at_most(row.get("miss_rate_0"), AIMS["miss_rate_0"]),
+        "f1_+6": row.get("f1_+6") is not None and row["f1_+6"] >= AIMS["f1_+6"],
+        "sources": row["worst_source"]["per_hour"] <= AIMS["source_false_alarms_per_hour"],
+        "latency": at_most(latency, AIMS["latency_s"].get(label, 1.0)),
+    }
+
+
+def format_table(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: one row per result and class (the "what helped" table)."""
+
+    def show(value: Any, spec: str = ".2f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        "| run | class | FA/h | worst kind (FA/h) | miss +6 / 0 / -6 dB | F1 +6 dB | "
+        "latency +6 dB s | aims met |",
+        "|---|---|---:|---|---|---:|---:|---|",
+    ]
+    for summary in summaries:
+        for label, row in summary["classes"].items():
+            met = [name for name, ok in row["aims"].items() if ok]
+            worst = row["worst_source"]
+            lines.append(
+                f"| {summary['name']} | {label} | {show(row['false_alarms_per_hour'])} | "
+                f"{worst['kind']} ({show(worst['per_hour'], '.1f')}) | "
+                f"{show(row.get('miss_rate_+6'))} / {show(row.get('miss_rate_0'))} / "
+                f"{show(row.get('miss_rate_-6'))} | {show(row.get('f1_+6'))} | "
+                f"{show(row.get('latency_s_+6'))} | {len(met)}/{len(row['aims'])} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("checkpoint", type=Path, nargs="?", help="trained checkpoint (.pt)")
+    parser.add_argument("--name", help="name of the result (default: the run folder's name)")
+    parser.add_argument(
+        "--target-fa-per-hour",
+        type=float,
+        default=1.0,
+        help="false alarms per hour per class that calibration allows on validation",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=CHECKOUT / "runs" / "openworld", help="where files go"
+    )
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument("--redo", action="store_true", help="export and split again")
+    parser.add_argument("--table", nargs="+", type=Path, help="only print these summaries")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(format_table([json.loads(p.read_text()) for p in args.table]))
+        return 0
+    if args.checkpoint is None:
+        parser.error("give a checkpoint, or --table with summary files")
+    args.name = args.name or args.checkpoint.resolve().parent.name
+    summary = evaluate_checkpoint(args)
+    print(format_table([summary]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
