@@ -250,6 +250,7 @@ def test_readme_teach_section_end_to_end_alerts_on_an_unseen_cry(tmp_path: Path)
     summary = json.loads(outputs[0].stdout.strip().splitlines()[-1])
     assert summary["checkpoint"].endswith("checkpoint.pt")
     assert "warnings" in summary  # 12 clips cannot give a trustworthy validation set
+    assert summary["background"].startswith("the shipped background features")
     alerts = [json.loads(line) for line in outputs[2].stdout.splitlines()]
     assert [a["class"] for a in alerts] == ["baby_cry"], outputs[2].stderr[-2000:]
     assert 1.5 <= alerts[0]["offset_s"] <= 4.5
@@ -281,6 +282,7 @@ def test_train_data_reports_held_out_alerts_through_the_runtime_path(
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["model"] == str(run / "model.onnx") and (run / "model.onnx").is_file()
+    assert summary["background"] == f"{folder}/background (12 clips)"
     held = summary["heldout_stream"]
     assert isinstance(held, dict), held
     beep = held["per_class"]["beep"]

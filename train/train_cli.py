@@ -85,11 +85,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["optim"] = {"epochs": args.epochs}
     out = args.out
+    background = None
     if args.data is not None:
         from train.folder import folder_config
 
         out = out or Path("runs") / args.data.resolve().name
-        config, _ = folder_config(args.data, out, args.config, overrides)
+        config, folder = folder_config(args.data, out, args.config, overrides)
+        background = (
+            f"{folder.root}/background ({folder.counts['background']} clips)"
+            if folder.has_background
+            else "the shipped background features (train/assets/background_bank.npz)"
+        )
     else:
         config = load_config(args.config, overrides)
     from train.folder import split_warnings
@@ -118,6 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         "val_per_class_error": {k: _rounded(v) for k, v in clip["per_class_error"].items()},
         "val_clips": dict(zip(config.data.labels, clip["support"], strict=True)),
     }
+    if background is not None:
+        summary["background"] = background
     if warnings:
         summary["warnings"] = warnings
     if args.data is not None:
