@@ -169,7 +169,8 @@ def test_the_run_command_imports_only_the_audio_path() -> None:
         load_model(None)
         heavy = ["hashlib", "ssl", "http.server", "sqlite3", "edge_detect.scoring",
                  "edge_detect.operating", "edge_detect.calibrate", "edge_detect.status_cli",
-                 "edge_detect.metrics", "edge_detect.webhook", "edge_detect.mqtt"]
+                 "edge_detect.metrics", "edge_detect.webhook", "edge_detect.mqtt",
+                 "edge_detect.provenance", "importlib.metadata"]
         print([name for name in heavy if name in sys.modules])
         """
     )
