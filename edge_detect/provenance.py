@@ -119,7 +119,7 @@ def _command(argv: Sequence[str], base: Path) -> str:
     script = Path(program)
     # an installed entry point (.venv/bin/edge-detect) is named by its name alone; a script
     # run with python (bench/x.py) by its path in the checkout
-    if script.parent.name == "bin" or program in ("-c", "-m", ""):
+    if script.parent.name == "bin" or "/" not in program:  # an entry point, -c, -m, ""
         head = ["python", program] if program in ("-c", "-m") else [script.name]
     elif script.name == "__main__.py":  # python -m package
         head = ["python", "-m", script.parent.name]

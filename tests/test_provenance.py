@@ -51,3 +51,5 @@ def test_a_script_is_named_by_its_path_in_the_checkout() -> None:
     assert record["command"] == "python bench/stability.py --hours 1"
     module = provenance([str(ROOT / "edge_detect" / "__main__.py"), "bench"])
     assert module["command"] == "python -m edge_detect bench"
+    bare = provenance(["edge-detect", "bench", "--minutes", "1"])  # as typed, found on PATH
+    assert bare["command"] == "edge-detect bench --minutes 1"
