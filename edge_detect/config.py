@@ -28,9 +28,10 @@ from typing import Any
 from edge_detect.audio import PCM_FORMATS, check_rate
 from edge_detect.detect import ClassDetection
 from edge_detect.errors import ConfigError, EdgeDetectError
-from edge_detect.pipeline import ALERT_ON, StatePolicy
+from edge_detect.pipeline import ALERT_ON, MAX_HEARTBEAT_S, StatePolicy
 from edge_detect.sinks import Sink
-from edge_detect.sources import block_samples, check_device_spec
+from edge_detect.sources import MAX_BLOCK_MS, MIN_BLOCK_MS, check_device_spec
+from edge_detect.strict import check_fields, refuse_unknown, setting, shown, strict_from_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,6 +86,8 @@ INPUT_KEYS = (
     "backoff_max_s",
 )
 CLIP_KEYS = ("directory", "pre_roll_s", "post_roll_s", "max_count", "max_mb")
+MAX_CHANNELS = 64
+"""Most interleaved channels of raw input (a typo beyond that would allocate huge frames)."""
 
 
 @dataclass(frozen=True)
@@ -95,48 +98,48 @@ class RuntimeConfig:
     """Path of the .onnx model; None = the bundled default model."""
     device_name: str | None = None
     """Name of this detector in alerts; None = the host name."""
-    threads: int = 1
+    threads: int = setting(1, kind=int, low=1, high=64)
     """ONNX Runtime threads (1 suits a Raspberry Pi: audio and model do not fight over cores)."""
     source: str = "mic"
     """'mic', a WAV file path, '-' for raw PCM on stdin, or 'demo' (the bundled recording)."""
     device: int | str | None = None
     """Microphone: index or part of the name (``edge-detect devices``); None = the default."""
-    block_ms: float = 100.0
+    block_ms: float = setting(100.0, low=MIN_BLOCK_MS, high=MAX_BLOCK_MS, key="input.block_ms")
     """Audio per block, in ms (the processing and latency granularity)."""
-    realtime: bool = False
+    realtime: bool = setting(False, kind=bool, key="input.realtime")
     """WAV input: deliver the file at the pace of a microphone instead of as fast as possible."""
     rate_hz: int = 16_000
     """Raw PCM on stdin: its sample rate, in Hz (resampled to the model's)."""
     format: str = "s16le"
     """Raw PCM on stdin: sample format (s16le, s32le or f32le)."""
-    channels: int = 1
+    channels: int = setting(1, kind=int, low=1, high=MAX_CHANNELS, key="input.channels")
     """Raw PCM on stdin: interleaved channels (averaged to mono)."""
-    stall_timeout_s: float = 3.0
+    stall_timeout_s: float = setting(3.0, low=0.5, high=3600.0, key="input.stall_timeout_s")
     """Microphone: no audio for this long counts as a lost device, in s."""
-    backoff_max_s: float = 10.0
+    backoff_max_s: float = setting(10.0, low=0.1, high=3600.0, key="input.backoff_max_s")
     """Microphone: longest wait between reopen attempts, in s."""
     alert_on: str = "onset"
     """'onset' (alert when the event is confirmed) or 'end' (alert with the full duration)."""
     detection: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-class overrides of the model's detection settings (only the keys given)."""
     state: StatePolicy = field(default_factory=StatePolicy)
-    stdout: bool = True
+    stdout: bool = setting(True, kind=bool, key="sinks.stdout")
     """Write alerts as JSON lines on stdout."""
-    health_stdout: bool = False
+    health_stdout: bool = setting(False, kind=bool, key="sinks.health_stdout")
     """Also write health events on stdout (they always go to the log on stderr)."""
-    heartbeat_s: float = 0.0
+    heartbeat_s: float = setting(0.0, low=0.0, high=MAX_HEARTBEAT_S, key="sinks.heartbeat_s")
     """Send a 'heartbeat' health event to every output this often, in s of audio (0 = never)."""
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Other outputs, ``{kind: table}``, built by :data:`SINK_BUILDERS`."""
     clips_dir: str | None = None
     """Folder for the audio clips around alerts (``[clips] directory``); None = no clips."""
-    clips_pre_roll_s: float = 5.0
+    clips_pre_roll_s: float = setting(5.0, low=0.0, high=600.0, key="clips.pre_roll_s")
     """Audio kept before the alert, in s."""
-    clips_post_roll_s: float = 5.0
+    clips_post_roll_s: float = setting(5.0, low=0.0, high=600.0, key="clips.post_roll_s")
     """Audio collected after the alert, in s."""
-    clips_max_count: int = 200
+    clips_max_count: int = setting(200, kind=int, low=0, high=1_000_000, key="clips.max_count")
     """Most clips kept in the folder (oldest deleted first); 0 = no limit."""
-    clips_max_mb: float = 200.0
+    clips_max_mb: float = setting(200.0, low=0.0, high=1_000_000.0, key="clips.max_mb")
     """Most megabytes of clips kept (oldest deleted first); 0 = no limit."""
 
     def __post_init__(self) -> None:
@@ -157,76 +160,44 @@ class RuntimeConfig:
         out = dict(defaults)
         for label, override in self.detection.items():
             merged = {**defaults[label].to_dict(), **override}
-            try:
-                out[label] = ClassDetection.from_dict(merged)
-            except ConfigError as exc:
-                raise ConfigError(f"[detection.{label}] with the model's defaults: {exc}") from None
+            out[label] = ClassDetection.from_dict(
+                merged, where=f"[detection.{label}] with the model's defaults"
+            )
         return out
 
 
 def _fail(key: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"config key {key!r}: expected {expected}, got {value!r}")
-
-
-def _number(key: str, value: Any, low: float, high: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, "a number", value)
-    if value < low or (high is not None and value > high):
-        span = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
-        raise _fail(key, f"a number {span}", value)
+    return ConfigError(f"config key {key!r}: expected {expected}, got {shown(value)}")
 
 
 def _check(c: RuntimeConfig) -> None:
+    check_fields(c)  # every number finite and in range, booleans true/false
     for key in ("model", "device_name"):
         value = getattr(c, key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise _fail(key, "a non-empty string (or leave it out)", value)
-    if isinstance(c.threads, bool) or not isinstance(c.threads, int) or not 1 <= c.threads <= 64:
-        raise _fail("threads", "a whole number from 1 to 64", c.threads)
     if not isinstance(c.source, str) or not c.source:
         raise _fail("input.source", "'mic', a WAV file path or '-' (stdin)", c.source)
     check_device_spec(c.device)
-    try:
-        block_samples(c.block_ms, 16_000)
-    except ConfigError as exc:
-        raise ConfigError(f"config key 'input.block_ms': {exc}") from None
-    if not isinstance(c.realtime, bool):
-        raise _fail("input.realtime", "true or false", c.realtime)
     try:
         check_rate(c.rate_hz, "input.rate_hz")
     except EdgeDetectError as exc:
         raise ConfigError(f"config key 'input.rate_hz': {exc}") from None
     if c.format not in PCM_FORMATS:
         raise _fail("input.format", f"one of {sorted(PCM_FORMATS)}", c.format)
-    if isinstance(c.channels, bool) or not isinstance(c.channels, int) or not 1 <= c.channels:
-        raise _fail("input.channels", "a whole number >= 1", c.channels)
-    _number("input.stall_timeout_s", c.stall_timeout_s, 0.5)
-    _number("input.backoff_max_s", c.backoff_max_s, 0.1)
     if c.alert_on not in ALERT_ON:
         raise _fail("detection.alert_on", f"one of {list(ALERT_ON)}", c.alert_on)
     for label, table in c.detection.items():
         # validate keys and types now (thresholds are checked again against the model's values)
         try:
-            ClassDetection.from_dict({**ClassDetection().to_dict(), **table})
+            ClassDetection.from_dict(
+                {**ClassDetection().to_dict(), **table}, f"[detection.{label}]"
+            )
         except ConfigError as exc:
-            message = str(exc)
-            if not message.startswith("need 0 <= threshold_off"):
-                raise ConfigError(f"[detection.{label}]: {message}") from None
-    for key in ("stdout", "health_stdout"):
-        if not isinstance(getattr(c, key), bool):
-            raise _fail(f"sinks.{key}", "true or false", getattr(c, key))
-    _number("sinks.heartbeat_s", c.heartbeat_s, 0.0)
+            if "need 0 <= threshold_off" not in str(exc):
+                raise
     if c.clips_dir is not None and (not isinstance(c.clips_dir, str) or not c.clips_dir.strip()):
         raise _fail("clips.directory", "a folder path (or leave it out for no clips)", c.clips_dir)
-    _number("clips.pre_roll_s", c.clips_pre_roll_s, 0.0, 600.0)
-    _number("clips.post_roll_s", c.clips_post_roll_s, 0.0, 600.0)
-    if (
-        isinstance(c.clips_max_count, bool)
-        or not isinstance(c.clips_max_count, int)
-        or c.clips_max_count < 0
-    ):
-        raise _fail("clips.max_count", "a whole number >= 0 (0 = no limit)", c.clips_max_count)
-    _number("clips.max_mb", c.clips_max_mb, 0.0)
     for kind in c.sinks:
         if kind not in SINK_BUILDERS and kind not in BUILTIN_SINKS:
             sink_builder(kind)  # raises the message listing the known outputs
@@ -239,15 +210,9 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _refuse_unknown(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {list(known)}")
-
-
 def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeConfig:
     """Build a :class:`RuntimeConfig` from parsed TOML, refusing unknown keys."""
-    _refuse_unknown(
+    refuse_unknown(
         data,
         ("model", "device_name", "threads", "input", "detection", "state", "sinks", "clips"),
         where,
@@ -257,7 +222,7 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeC
         if kwargs.get(key) == "":
             kwargs[key] = None  # "" in the file means "the default"
     inputs = _table(data, "input", where)
-    _refuse_unknown(inputs, INPUT_KEYS, f"{where} [input]")
+    refuse_unknown(inputs, INPUT_KEYS, f"{where} [input]")
     kwargs.update(inputs)
     if "device" in kwargs:
         kwargs["device"] = check_device_spec(kwargs["device"])
@@ -269,13 +234,7 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeC
             raise ConfigError(f"{where}: [detection.{label}] must be a table, got {table!r}")
     kwargs["detection"] = detection
     state = _table(data, "state", where)
-    _refuse_unknown(
-        state, tuple(f.name for f in dataclasses.fields(StatePolicy)), f"{where} [state]"
-    )
-    try:
-        kwargs["state"] = StatePolicy(**state)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: [state] {exc}") from None
+    kwargs["state"] = strict_from_dict(StatePolicy, state, where=f"{where} [state]")
     sinks = _table(data, "sinks", where)
     for key in ("stdout", "health_stdout", "heartbeat_s"):
         if key in sinks:
@@ -285,7 +244,7 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> RuntimeC
             raise ConfigError(f"{where}: [sinks.{kind}] must be a table, got {table!r}")
     kwargs["sinks"] = sinks
     clips = _table(data, "clips", where)
-    _refuse_unknown(clips, CLIP_KEYS, f"{where} [clips]")
+    refuse_unknown(clips, CLIP_KEYS, f"{where} [clips]")
     for key, value in clips.items():
         kwargs[f"clips_{key}" if key != "directory" else "clips_dir"] = value
     if kwargs.get("clips_dir") == "":
@@ -305,6 +264,11 @@ def load_config(path: str | Path | None) -> RuntimeConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); TOML files are UTF-8: save it as UTF-8, e.g. iconv -t UTF-8"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

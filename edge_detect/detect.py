@@ -12,8 +12,15 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_detect.errors import ConfigError
+from edge_detect.strict import check_fields, setting, strict_from_dict
 
 __all__ = ["ClassDetection", "ClassDetector", "Detector", "Event"]
+
+
+MAX_WINDOW_MS = 60_000.0
+"""Longest smoothing or confirmation window, in ms (a minute: longer is a typo)."""
+MAX_REFRACTORY_S = 86_400.0
+"""Longest refractory time, in s (a day)."""
 
 
 @dataclass(frozen=True)
@@ -21,56 +28,35 @@ class ClassDetection:
     """How one class's frame scores become events. Defaults come from the model metadata and
     can be overridden by the user's config."""
 
-    threshold_on: float = 0.5
+    threshold_on: float = setting(0.5, low=0.0, high=1.0)
     """Smoothed score at or above which an event may start, in [0, 1]."""
-    threshold_off: float = 0.3
+    threshold_off: float = setting(0.3, low=0.0, high=1.0)
     """Smoothed score below which a running event ends (hysteresis), <= threshold_on."""
-    smoothing_ms: float = 100.0
+    smoothing_ms: float = setting(100.0, low=0.0, high=MAX_WINDOW_MS)
     """Length of the moving average applied to frame scores, in ms (0 = none)."""
-    confirm_ms: float = 50.0
+    confirm_ms: float = setting(50.0, low=0.0, high=MAX_WINDOW_MS)
     """How long the score must stay >= threshold_on before the event is confirmed, in ms."""
-    refractory_s: float = 1.0
+    refractory_s: float = setting(1.0, low=0.0, high=MAX_REFRACTORY_S)
     """After an event ends, no new event of this class starts for this long, in s."""
-    enabled: bool = True
+    enabled: bool = setting(True, kind=bool)
     """False: never alert for this class (e.g. 'background')."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold_off <= self.threshold_on <= 1.0:
+        check_fields(self)
+        if not self.threshold_off <= self.threshold_on:
             raise ConfigError(
                 "need 0 <= threshold_off <= threshold_on <= 1, got "
                 f"threshold_on={self.threshold_on}, threshold_off={self.threshold_off}"
             )
-        for name in ("smoothing_ms", "confirm_ms", "refractory_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/TOML-ready), the form stored in model metadata."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassDetection:
-        """Build from a table; unknown keys and values of the wrong type are refused with
-        ConfigError."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"detection settings must be a table, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"unknown detection key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "enabled":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"detection key 'enabled' must be true/false, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"detection key {key!r} must be a number, got {value!r}")
-            else:
-                value = float(value)
-            kwargs[key] = value
-        return cls(**kwargs)
+    def from_dict(cls, data: dict[str, Any], where: str = "detection settings") -> ClassDetection:
+        """Build from a table: unknown keys, wrong types and non-finite numbers are refused."""
+        return strict_from_dict(cls, data, where=where)
 
 
 @dataclass(frozen=True)

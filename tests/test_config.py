@@ -11,6 +11,7 @@ from edge_detect.errors import ConfigError
 from edge_detect.pipeline import StatePolicy
 
 EXAMPLE = ROOT / "deploy" / "edge-detect.toml"
+NAN, INF = float("nan"), float("inf")
 
 
 def test_defaults_and_a_full_file(tmp_path):
@@ -62,25 +63,34 @@ def test_device_index_given_as_number_or_digits():
     ("data", "message"),
     [
         ({"modle": "x"}, r"unknown key\(s\) \['modle'\]"),
-        ({"input": {"block_ms": 0.1}}, r"block_ms=0.1 is out of range"),
-        ({"input": {"block_ms": "100"}}, r"block_ms must be a number"),
+        ({"input": {"block_ms": 0.1}}, r"input.block_ms must be .* between 5 and 2000; got 0.1"),
+        ({"input": {"block_ms": "100"}}, r"input.block_ms must be a finite number .*; got '100'"),
         ({"input": {"rate_hz": 1000}}, r"input.rate_hz.*not supported"),
         ({"input": {"format": "mp3"}}, r"'input.format': expected one of"),
-        ({"input": {"channels": 0}}, r"'input.channels': expected a whole number >= 1"),
-        ({"input": {"realtime": "yes"}}, r"'input.realtime': expected true or false"),
+        ({"input": {"channels": 0}}, r"input.channels must be a whole number .*; got 0"),
+        ({"input": {"realtime": "yes"}}, r"input.realtime must be true or false; got 'yes'"),
         ({"input": {"device": -1}}, r"device index must be >= 0"),
         ({"input": {"bogus": 1}}, r"\[input\]: unknown key"),
         ({"detection": {"alert_on": "never"}}, r"alert_on.*one of \['onset', 'end'\]"),
-        ({"detection": {"dog_bark": {"thresh": 1}}}, r"\[detection.dog_bark\]: unknown"),
-        ({"detection": {"dog_bark": {"confirm_ms": "x"}}}, r"must be a number"),
+        ({"detection": {"dog_bark": {"thresh": 1}}}, r"\[detection.dog_bark\]: unknown key"),
+        ({"detection": {"dog_bark": {"confirm_ms": "x"}}}, r"\]: confirm_ms must be a finite"),
         ({"detection": {"dog_bark": 0.5}}, r"\[detection.dog_bark\] must be a table"),
-        ({"state": {"quiet_s": -1}}, r"\[state\] state policy quiet_s must be a number >= 0"),
+        ({"state": {"quiet_s": -1}}, r"test.toml \[state\]: quiet_s must be .*86400; got -1"),
         ({"state": {"every": 1}}, r"\[state\]: unknown key"),
         ({"sinks": {"pager": {}}}, r"\[sinks.pager\] is not a known output"),
-        ({"sinks": {"stdout": 1}}, r"'sinks.stdout': expected true or false"),
-        ({"threads": 0}, r"'threads': expected a whole number from 1 to 64"),
-        ({"sinks": {"heartbeat_s": -1}}, r"'sinks.heartbeat_s': expected a number >= 0"),
+        ({"sinks": {"stdout": 1}}, r"sinks.stdout must be true or false; got 1"),
+        ({"threads": 0}, r"threads must be a whole number between 1 and 64; got 0"),
+        ({"sinks": {"heartbeat_s": -1}}, r"sinks.heartbeat_s must be .* 604800; got -1"),
         ({"model": 3}, r"'model': expected a non-empty string"),
+        # issue 15 item 8: non-finite numbers raised tracebacks or were silently accepted
+        ({"detection": {"dog_bark": {"confirm_ms": INF}}}, r"confirm_ms must be a finite number"),
+        ({"clips": {"max_mb": NAN}}, r"test.toml: clips.max_mb must be a finite number.*got nan"),
+        ({"sinks": {"heartbeat_s": NAN}}, r"sinks.heartbeat_s must be a finite number"),
+        ({"state": {"quiet_s": NAN}}, r"\[state\]: quiet_s must be a finite number"),
+        ({"input": {"stall_timeout_s": NAN}}, r"input.stall_timeout_s must be a finite number"),
+        ({"input": {"backoff_max_s": 1e308}}, r"input.backoff_max_s must be a finite number"),
+        ({"input": {"channels": 2**63 - 1}}, r"input.channels must be a whole number"),
+        ({"threads": 1.5}, r"threads must be a whole number"),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(data, message):
@@ -103,6 +113,10 @@ def test_unreadable_and_invalid_files(tmp_path):
     bad.write_text("model = \n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_config(bad)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('device_name = "Küche"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xfc at offset 16\)"):
+        load_config(latin1)
 
 
 def test_configured_webhook_output_is_built(tmp_path):
