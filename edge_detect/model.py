@@ -44,6 +44,7 @@ __all__ = [
     "LSTMState",
     "StreamingModel",
     "load_model",
+    "score_problem",
 ]
 
 FloatArray = npt.NDArray[np.float32]
@@ -78,6 +79,8 @@ sum to 1: every frame is *some* class), or one independent probability per class
 one-vs-rest: a frame may be none of the event classes)."""
 _PROBABILITY_TOLERANCE = 1e-3
 """How far the scores of one frame may sum from 1 before the model counts as emitting logits."""
+_SCORE_RANGE_TOLERANCE = 1e-6
+"""How far outside [0, 1] a score may fall by rounding (a softmax gives 1.0000001)."""
 _ID_HASH_CHARS = 12
 """Hex digits of the file's SHA-256 in :attr:`StreamingModel.model_id`."""
 
@@ -193,9 +196,14 @@ def _parse_metadata(
             f"{labels}, found {found!r}"
         )
     try:
-        detection = {label: ClassDetection.from_dict(raw_detection[label]) for label in labels}
+        detection = {
+            label: ClassDetection.from_dict(
+                raw_detection[label], where=f"{where}: invalid detection settings of {label!r}"
+            )
+            for label in labels
+        }
     except ConfigError as exc:
-        raise ModelError(f"{where}: invalid detection settings: {exc}") from None
+        raise ModelError(str(exc)) from None
 
     provenance: dict[str, Any] = {}
     if METADATA_KEYS["provenance"] in meta:
@@ -258,6 +266,30 @@ def _check_graph(session: Any, n_mels: int, n_classes: int, where: str) -> tuple
                 f"found {_describe(dims)}"
             )
     return int(h[0]), int(h[2])  # type: ignore[arg-type]
+
+
+def score_problem(scores: npt.ArrayLike) -> str | None:
+    """What is wrong with a block of scores, or None: each must be a finite number in [0, 1].
+
+    Checked at load and on every block at run time, before any rule on how a frame's scores
+    relate (class probabilities sum to 1): a NaN compares False with every threshold and would
+    slip through such rules, and strict JSON parsers refuse a ``"score": NaN``.
+
+    Parameters
+    ----------
+    scores : array, shape (frames, classes)
+    """
+    x = np.asarray(scores, dtype=np.float32)
+    finite = np.isfinite(x)
+    low, high = -_SCORE_RANGE_TOLERANCE, 1.0 + _SCORE_RANGE_TOLERANCE
+    if finite.all() and bool(((x >= low) & (x <= high)).all()):
+        return None
+    if not finite.all():
+        bad = x[~finite]
+    else:
+        bad = x[(x < low) | (x > high)]
+    shown = ", ".join(f"{v:g}" for v in bad[:3])
+    return f"{bad.size} of {x.size} score(s) are not finite numbers in [0, 1] (e.g. {shown})"
 
 
 class StreamingModel:
@@ -407,18 +439,26 @@ class StreamingModel:
             raise ModelError(f"{where} fails on one frame of silence: {exc}") from None
         finally:
             self.reset()
+        problem = score_problem(scores)
+        if problem is not None and not np.isfinite(scores).all():
+            raise ModelError(
+                f"{where}: 'scores' must be finite numbers in [0, 1], but on one frame of silence "
+                f"{problem}; the exported graph is broken (re-export it, check its weights)"
+            )
         total = float(scores.sum())
-        if self.score_kind == "sigmoid":
-            if scores.shape != (1, self.num_classes) or not (
-                np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
-            ):
+        if self.score_kind == "sigmoid":  # the range rule only: rows need not sum to 1
+            if scores.shape != (1, self.num_classes) or problem is not None:
                 raise ModelError(
                     f"{where}: 'scores' must be one probability in [0, 1] per class and frame "
                     f"(metadata says sigmoid), got shape {scores.shape} with values "
                     f"{np.round(scores, 4).tolist()}; was the sigmoid left out at export?"
                 )
             return
-        if scores.shape != (1, self.num_classes) or abs(total - 1.0) > _PROBABILITY_TOLERANCE:
+        if (
+            problem is not None
+            or scores.shape != (1, self.num_classes)
+            or abs(total - 1.0) > _PROBABILITY_TOLERANCE
+        ):
             raise ModelError(
                 f"{where}: 'scores' must be class probabilities (one row per frame summing to 1), "
                 f"got shape {scores.shape} summing to {total:.4g}; was softmax left out at export?"

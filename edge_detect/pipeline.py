@@ -59,9 +59,10 @@ from edge_detect.clips import ClipRecorder
 from edge_detect.detect import ClassDetection, Detector, Event
 from edge_detect.errors import ConfigError
 from edge_detect.features import StreamingLogMel
-from edge_detect.model import StreamingModel
+from edge_detect.model import StreamingModel, score_problem
 from edge_detect.sinks import Sink
 from edge_detect.sources import Block, Source
+from edge_detect.strict import check_fields, check_number, setting
 
 __all__ = ["ALERT_ON", "Pipeline", "RunStats", "StatePolicy", "iso_time"]
 
@@ -72,36 +73,45 @@ ALERT_ON = ("onset", "end")
 ``duration_s`` are then those of the confirmation), or when it ends (full duration and peak)."""
 
 
+_ROUTINE_EVENTS = frozenset({"started", "stopping", "heartbeat", "microphone_restored"})
+"""Health events logged at INFO; every other one says something went wrong (WARNING)."""
+
+
 def iso_time(wall_s: float) -> str:
     """Wall-clock seconds as ISO 8601 in UTC, e.g. 2026-01-31T12:00:00.250+00:00."""
     return datetime.fromtimestamp(wall_s, timezone.utc).isoformat(timespec="milliseconds")
+
+
+_DAY_S = 86_400.0
+MAX_HEARTBEAT_S = 7 * _DAY_S
+"""Longest heartbeat interval, in s (0 = no heartbeat)."""
 
 
 @dataclass(frozen=True)
 class StatePolicy:
     """When the model's recurrent state is re-synchronised (see the module docstring)."""
 
-    quiet_s: float = 5.0
+    quiet_s: float = setting(5.0, low=0.0, high=_DAY_S)
     """Every enabled class must have been quiet this long, in s."""
-    interval_s: float = 60.0
+    interval_s: float = setting(60.0, low=0.0, high=_DAY_S)
     """At most one re-synchronisation per this many seconds of audio."""
-    max_interval_s: float = 1800.0
+    max_interval_s: float = setting(1800.0, low=0.0, high=_DAY_S)
     """Re-synchronise after this long even if the stream was never quiet, in s (0 = never)."""
-    warmup_s: float = 2.0
+    warmup_s: float = setting(2.0, low=0.0, high=60.0)
     """Seconds of recent features replayed into the fresh state."""
-    enabled: bool = True
+    enabled: bool = setting(True, kind=bool)
 
     def __post_init__(self) -> None:
-        for name in ("quiet_s", "interval_s", "max_interval_s", "warmup_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"state policy {name} must be a number >= 0, got {value!r}")
+        check_fields(self, "state policy")
         if 0 < self.max_interval_s < self.interval_s:
             raise ConfigError(
                 f"state policy max_interval_s ({self.max_interval_s}) must be 0 or >= "
                 f"interval_s ({self.interval_s})"
             )
 
+
+INVALID_REPORT_S = 600.0
+"""Least audio time between two 'model_output_invalid' health events, in s (no storm)."""
 
 STATS_WINDOW = 10_000
 """How many per-block and per-alert entries :class:`RunStats` keeps (the latest ones): a detector
@@ -138,6 +148,8 @@ class RunStats:
     fell behind real time (only meaningful for live or paced input)."""
     stream_start_wall: float | None = None
     """Wall-clock time of the stream's first sample."""
+    invalid_frames: int = 0
+    """Frames whose scores were not finite numbers in [0, 1] (counted as silence)."""
 
 
 class Pipeline:
@@ -209,6 +221,7 @@ class Pipeline:
         self._stream_start_wall: float | None = None
         self._alert_seq = 0
         self._health_seq = 0
+        self._next_invalid_report_s = 0.0
         self._pending: dict[str, Event] = {}
         self._stop = threading.Event()
         self.stats = RunStats()
@@ -217,10 +230,7 @@ class Pipeline:
         self.keep_alerts = 10_000
         self.keep_scores = keep_scores
         self.clips = clips
-        if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, (int, float)):
-            raise ConfigError(f"heartbeat_s must be a number of seconds, got {heartbeat_s!r}")
-        if heartbeat_s < 0:
-            raise ConfigError(f"heartbeat_s must be >= 0 (0 = off), got {heartbeat_s}")
+        heartbeat_s = check_number(heartbeat_s, "heartbeat_s", low=0.0, high=MAX_HEARTBEAT_S)
         self._heartbeat_samples = round(heartbeat_s * self.sample_rate_hz)
         self._next_heartbeat = self._heartbeat_samples
         self.scores: list[npt.NDArray[np.float32]] = []
@@ -252,7 +262,7 @@ class Pipeline:
             device=self.device_name,
             detail=detail,
         )
-        level = logging.WARNING if event in ("microphone_lost", "overflow") else logging.INFO
+        level = logging.INFO if event in _ROUTINE_EVENTS else logging.WARNING
         log.log(level, "health: %s %s", event, detail)
         self._emit(message)
         return message
@@ -337,6 +347,36 @@ class Pipeline:
         while self._warmup_held - len(self._warmup[0]) >= self._warmup_frames:
             self._warmup_held -= len(self._warmup.popleft())
 
+    def _checked(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Scores with frames the model could not score (NaN, inf, outside [0, 1]) set to 0.
+
+        Such a frame counts as nothing heard: it must never become an alert whose score is
+        NaN. A state that went non-finite is reset, or every later frame would be lost too.
+        The health event is rate-limited to one per ``INVALID_REPORT_S`` of audio.
+        """
+        problem = score_problem(scores)
+        if problem is None:
+            return scores
+        valid = np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0)
+        bad: npt.NDArray[np.bool_] = ~np.asarray(valid.all(axis=1), dtype=bool)  # (frames,)
+        scores = np.where(bad[:, None], np.float32(0.0), np.nan_to_num(scores)).astype(np.float32)
+        np.clip(scores, 0.0, 1.0, out=scores)
+        self.stats.invalid_frames += int(bad.sum())
+        state = self.model.get_state()
+        reset = not (np.isfinite(state.h).all() and np.isfinite(state.c).all())
+        if reset:
+            self.model.reset()
+        audio_s = self._samples / self.sample_rate_hz
+        if audio_s >= self._next_invalid_report_s:
+            self._next_invalid_report_s = audio_s + INVALID_REPORT_S
+            self.health(
+                "model_output_invalid",
+                f"{problem} at {audio_s:.1f} s; counted as silence"
+                + ("; recurrent state reset" if reset else "")
+                + f" ({self.stats.invalid_frames} frame(s) so far)",
+            )
+        return scores
+
     def process_block(self, block: Block) -> list[Alert]:
         """Run one block through features, model and detection; emit and return its alerts."""
         started = time.perf_counter()
@@ -352,7 +392,7 @@ class Pipeline:
         if len(frames):
             # Step in pieces that end at resync opportunities would change nothing: the policy
             # acts between blocks, and a block is ~10 frames.
-            scores = self.model.step(frames)
+            scores = self._checked(self.model.step(frames))
             if self.keep_scores:
                 self.scores.append(scores)
             self._keep_for_warmup(frames)

@@ -283,7 +283,7 @@ def test_detection_must_cover_every_label(tmp_path: Path) -> None:
 def test_invalid_detection_settings(tmp_path: Path) -> None:
     detection = {label: {"threshold_on": 0.2, "threshold_off": 0.6} for label in LABELS}
     path = _variant(tmp_path, set_meta={METADATA_KEYS["detection"]: json.dumps(detection)})
-    with pytest.raises(ModelError, match="invalid detection settings: need 0 <= threshold_off"):
+    with pytest.raises(ModelError, match="settings of 'dog_bark': need 0 <= threshold_off"):
         load_model(path)
 
 
@@ -337,3 +337,45 @@ def test_logits_instead_of_probabilities_are_refused(tmp_path: Path) -> None:
     path = _variant(tmp_path, edit=drop_softmax)
     with pytest.raises(ModelError, match="'scores' must be class probabilities .*softmax"):
         load_model(path)
+
+
+def poison_scores(proto: onnx.ModelProto, *, loud_above: float | None = None) -> None:
+    """Make 'scores' NaN: always, or only in calls whose largest feature is above ``loud_above``
+    (then silence, which the load check runs, still gives probabilities)."""
+    softmax = next(n for n in proto.graph.node if n.op_type == "Softmax")
+    softmax.output[0] = "probs"
+    nodes = []
+    if loud_above is None:
+        nan = helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])
+        nodes.append(helper.make_node("Constant", [], ["poison"], value=nan))
+    else:
+        # sqrt(loud_above - max(features)) is NaN exactly when the input is loud; times 0 it
+        # is 0 otherwise
+        limit = helper.make_tensor("limit", TensorProto.FLOAT, [], [loud_above])
+        zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+        nodes += [
+            helper.make_node("Constant", [], ["limit"], value=limit),
+            helper.make_node("Constant", [], ["zero"], value=zero),
+            helper.make_node("ReduceMax", ["features"], ["loudest"], keepdims=0),
+            helper.make_node("Sub", ["limit", "loudest"], ["margin"]),
+            helper.make_node("Sqrt", ["margin"], ["root"]),
+            helper.make_node("Mul", ["root", "zero"], ["poison"]),
+        ]
+    nodes.append(helper.make_node("Add", ["probs", "poison"], ["scores"]))
+    proto.graph.node.extend(nodes)
+
+
+def test_nan_scores_are_refused_at_load(tmp_path: Path) -> None:
+    """Issue 15 item 4: ``abs(total - 1) > tol`` is False for NaN, so a NaN model loaded."""
+    path = _variant(tmp_path, edit=poison_scores)
+    with pytest.raises(ModelError, match=r"'scores' must be finite numbers in \[0, 1\].*nan"):
+        load_model(path)
+
+
+def test_scores_out_of_range_are_refused_before_the_sum_rule() -> None:
+    from edge_detect.model import score_problem
+
+    assert score_problem(np.array([[0.2, 0.8]], np.float32)) is None
+    assert "nan" in str(score_problem(np.array([[np.nan, 1.0]], np.float32)))
+    assert "inf" in str(score_problem(np.array([[np.inf, 0.0]], np.float32)))
+    assert "-0.5" in str(score_problem(np.array([[-0.5, 1.5]], np.float32)))

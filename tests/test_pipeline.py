@@ -174,3 +174,41 @@ def test_run_stats_stay_bounded_on_an_endless_stream(model):
     assert stats.blocks == blocks
     assert len(stats.block_seconds) == STATS_WINDOW
     assert stats.busy_s > sum(stats.block_seconds) > 0
+
+
+class Collect:
+    """A sink that keeps every message."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    def emit(self, message) -> None:
+        self.messages.append(message)
+
+    def close(self) -> None:
+        pass
+
+
+def test_non_finite_scores_at_run_time_never_become_an_alert(tmp_path):
+    """Issue 15 item 4: a model whose scores turn NaN on loud input (silence, which the load
+    check runs, gives probabilities) raised alerts with ``"score": NaN``."""
+    onnx = pytest.importorskip("onnx")
+    from test_model_loader import poison_scores
+
+    proto = onnx.load(str(TINY))
+    poison_scores(proto, loud_above=0.0)  # the tone's log-mel reaches ~4, the noise's ~-5.7
+    path = tmp_path / "nan_when_loud.onnx"
+    onnx.save(proto, str(path))
+    poisoned = load_model(path)
+    sink = Collect()
+    pipeline = Pipeline(poisoned, [sink], detection=TONE_DETECTION)
+    stats = pipeline.run(PlantedSource(12.0, [2.0, 7.0]))
+    alerts = [m for m in sink.messages if m.__class__.__name__ == "Alert"]
+    health = [m.event for m in sink.messages if m.__class__.__name__ == "HealthEvent"]
+    # the frames it could not score count as nothing heard; what the model says after the tone
+    # (its memory of it, with finite scores) may still alert
+    assert all(0.0 <= a.score <= 1.0 for a in alerts), alerts
+    assert health == ["started", "model_output_invalid", "stopping"]  # once, not per block
+    assert stats.invalid_frames > 0 and stats.audio_s == pytest.approx(12.0)
+    for message in sink.messages:
+        json.loads(message.to_json(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
