@@ -6,10 +6,13 @@ reads FLAC/OGG too, through ``train.audio_io`` (soundfile), which reuses the hel
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from stat import S_ISREG
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +24,7 @@ __all__ = [
     "PCM_FORMATS",
     "Audio",
     "StreamingResampler",
+    "WavReader",
     "pcm_to_float",
     "read_wav",
     "resample",
@@ -105,16 +109,28 @@ def pcm_to_float(data: bytes, sample_format: str, channels: int = 1) -> npt.NDAr
     return (raw.astype(np.float64) / scale).astype(np.float32)
 
 
+_PCM_BITS = (8, 16, 24, 32)
+_FLOAT_BITS = (32, 64)
+MAX_WAV_CHANNELS = 1024
+"""Most channels in a WAV file we read (a header claiming more is corrupt)."""
+_MAX_FMT_BYTES = 1024
+"""A 'fmt ' chunk is 16 to 40 bytes; a much larger one is a corrupt header, not a format."""
+_STREAMING_SIZES = (0, 0xFFFFFFFF)
+"""'data' sizes that writers to a pipe leave (the length was unknown): read to the end."""
+
+
 def _decode_wav_samples(
-    path: Path, data: bytes, fmt_tag: int, bits: int, channels: int
+    path: Path | str, data: bytes, fmt_tag: int, bits: int, channels: int
 ) -> npt.NDArray[np.float32]:
+    """Whole frames of ``data`` as float32 (frames, channels); a torn last frame is dropped.
+
+    ``fmt_tag``, ``bits`` and ``channels`` must have passed :meth:`WavReader` 's checks.
+    """
     width = bits // 8
     frame_bytes = width * channels
     usable = len(data) - len(data) % frame_bytes
     data = data[:usable]
     if fmt_tag == _WAVE_FORMAT_IEEE_FLOAT:
-        if bits not in (32, 64):
-            raise AudioError(f"{path}: float WAV with {bits} bits per sample; expected 32 or 64")
         out = np.frombuffer(data, dtype=f"<f{width}").astype(np.float32)
     elif bits == 8:  # unsigned
         out = (np.frombuffer(data, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
@@ -125,17 +141,178 @@ def _decode_wav_samples(
         ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
         out = (ints.astype(np.float64) / float(1 << 23)).astype(np.float32)
-    elif bits == 32:
+    else:  # 32
         out = (np.frombuffer(data, dtype="<i4").astype(np.float64) / 2147483648.0).astype(
             np.float32
         )
-    else:
-        raise AudioError(f"{path}: PCM WAV with {bits} bits per sample; expected 8, 16, 24 or 32")
     return out.reshape(-1, channels)
 
 
+class WavReader:
+    """A WAV file's format, and its samples read block by block: bounded memory for any length.
+
+    The header is parsed when the reader is made (chunk by chunk, never reading the payload), so
+    a file that is not a WAV, or a device such as ``/dev/zero``, is refused at once. A 'data'
+    chunk whose size is 0 or 0xFFFFFFFF (written to a pipe, length unknown) or larger than the
+    file is read to its end.
+
+    Raises
+    ------
+    AudioError
+        The file is missing, empty, not a WAV, or in an encoding we do not read; the message
+        says what was expected and how to convert it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 -- closed by close()
+        except OSError as exc:
+            raise AudioError(f"cannot read audio file {self.path}: {exc.strerror or exc}") from None
+        try:
+            self._parse_header()
+        except BaseException:
+            self._file.close()
+            raise
+        self.frame_bytes = self.bits // 8 * self.channels
+        self._left = self._data_bytes
+
+    _data_bytes: int | None
+    """Bytes of audio left to read from the start of the data (None: to the end of the input)."""
+
+    def _fail(self, problem: str) -> AudioError:
+        return AudioError(f"{self.path}: {problem}")
+
+    def _read_exact(self, n: int) -> bytes:
+        try:
+            return self._file.read(n)
+        except OSError as exc:
+            raise self._fail(f"cannot read: {exc.strerror or exc}") from None
+
+    def _skip(self, n: int) -> None:
+        try:
+            self._file.seek(n, io.SEEK_CUR)
+        except OSError:  # a pipe: read past it
+            while n > 0:
+                part = self._read_exact(min(n, 1 << 16))
+                if not part:
+                    return
+                n -= len(part)
+
+    def _bytes_after_here(self) -> int | None:
+        """Bytes from the read position to the end of a regular file (None: a pipe, a device)."""
+        try:
+            stat = os.fstat(self._file.fileno())
+            if not S_ISREG(stat.st_mode):
+                return None
+            return max(0, stat.st_size - self._file.tell())
+        except (OSError, ValueError):
+            return None
+
+    def _parse_header(self) -> None:
+        head = self._read_exact(12)
+        if not head:
+            raise self._fail("the file is empty; expected a WAV file")
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise self._fail(
+                f"not a WAV file (expected a RIFF/WAVE header, found {head[:12]!r}); "
+                "convert it, e.g. ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.wav"
+            )
+        fmt: tuple[int, int, int, int] | None = None
+        while True:
+            chunk = self._read_exact(8)
+            if len(chunk) < 8:
+                break
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                if not 16 <= size <= _MAX_FMT_BYTES:
+                    raise self._fail(f"WAV 'fmt ' chunk is {size} bytes; expected 16 to 40")
+                body = self._read_exact(size)
+                if len(body) < 16:
+                    raise self._fail(f"WAV 'fmt ' chunk is {len(body)} bytes; expected >= 16")
+                tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+                if tag == _WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
+                    (tag,) = struct.unpack("<H", body[24:26])
+                fmt = (tag, channels, rate, bits)
+                self._skip(size & 1)
+            elif chunk_id == b"data":
+                if fmt is None:
+                    raise self._fail("WAV file has its 'data' before its 'fmt ' chunk (corrupt)")
+                declared = None if size in _STREAMING_SIZES else size
+                self._check_format(*fmt)
+                frame_bytes = self.bits // 8 * self.channels
+                self.declared_frames = None if declared is None else declared // frame_bytes
+                """Frames the header claims (None: unknown); more than :attr:`frames` when the
+                file is truncated."""
+                self._data_bytes = declared
+                available = self._bytes_after_here()
+                if available is not None:  # a regular file: what it really holds counts
+                    self._data_bytes = available if declared is None else min(declared, available)
+                return
+            else:
+                self._skip(size + (size & 1))
+        if fmt is None:
+            raise self._fail("WAV file has no 'fmt ' chunk (truncated or corrupt)")
+        raise self._fail("WAV file has no 'data' chunk (truncated or corrupt)")
+
+    def _check_format(self, tag: int, channels: int, rate: int, bits: int) -> None:
+        if tag not in (_WAVE_FORMAT_PCM, _WAVE_FORMAT_IEEE_FLOAT):
+            raise self._fail(
+                f"WAV encoding 0x{tag:04x} is not supported; expected PCM or IEEE float. "
+                "Convert it, e.g. ffmpeg -i INPUT -c:a pcm_s16le OUTPUT.wav"
+            )
+        if not 1 <= channels <= MAX_WAV_CHANNELS:
+            raise self._fail(
+                f"WAV header says {channels} channels; expected 1 to {MAX_WAV_CHANNELS}"
+            )
+        if tag == _WAVE_FORMAT_IEEE_FLOAT and bits not in _FLOAT_BITS:
+            raise self._fail(f"float WAV with {bits} bits per sample; expected 32 or 64")
+        if tag == _WAVE_FORMAT_PCM and bits not in _PCM_BITS:
+            raise self._fail(f"PCM WAV with {bits} bits per sample; expected 8, 16, 24 or 32")
+        self.sample_rate_hz = check_rate(rate, f"{self.path}: sample rate")
+        self.channels = channels
+        self.bits = bits
+        self.format_tag = tag
+
+    @property
+    def frames(self) -> int | None:
+        """Frames of audio the file holds (None: unknown until read, a WAV on a pipe)."""
+        return None if self._data_bytes is None else self._data_bytes // self.frame_bytes
+
+    def read(self, max_frames: int) -> npt.NDArray[np.float32]:
+        """Up to ``max_frames`` frames as float32 (frames, channels); 0 frames at the end."""
+        want = max_frames * self.frame_bytes
+        if self._left is not None:
+            want = min(want, self._left)
+        data = self._read_exact(want) if want > 0 else b""
+        while 0 < len(data) < want and len(data) % self.frame_bytes:
+            more = self._read_exact(want - len(data))  # a pipe returns short reads
+            if not more:
+                break
+            data += more
+        if self._left is not None:
+            self._left -= len(data)
+        return _decode_wav_samples(self.path, data, self.format_tag, self.bits, self.channels)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> WavReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_READ_ALL_FRAMES = 1 << 20
+"""Frames per read when :func:`read_wav` loads a whole file."""
+
+
 def read_wav(path: str | Path) -> Audio:
-    """Read a PCM (8/16/24/32-bit) or IEEE-float WAV file.
+    """Read a whole PCM (8/16/24/32-bit) or IEEE-float WAV file into memory.
+
+    For files of any length, read them in blocks with :class:`WavReader` instead (the runtime's
+    file input does).
 
     Returns
     -------
@@ -147,58 +324,24 @@ def read_wav(path: str | Path) -> Audio:
     AudioError
         The file is missing, empty, truncated, not a WAV, or in an encoding we do not read.
     """
-    path = Path(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as exc:
-        raise AudioError(f"cannot read audio file {path}: {exc.strerror or exc}") from None
-    if not blob:
-        raise AudioError(f"{path}: the file is empty; expected a WAV file")
-    if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
-        raise AudioError(
-            f"{path}: not a WAV file (expected a RIFF/WAVE header, found {blob[:12]!r}); "
-            "convert it, e.g. ffmpeg -i INPUT -ac 1 -ar 16000 OUTPUT.wav"
-        )
-    fmt: tuple[int, int, int, int] | None = None
-    data: bytes | None = None
-    truncated = False
-    pos = 12
-    while pos + 8 <= len(blob):
-        chunk_id = blob[pos : pos + 4]
-        (size,) = struct.unpack("<I", blob[pos + 4 : pos + 8])
-        body = blob[pos + 8 : pos + 8 + size]
-        if len(body) < size:
-            truncated = True
-        if chunk_id == b"fmt ":
-            if len(body) < 16:
-                raise AudioError(f"{path}: WAV 'fmt ' chunk is {len(body)} bytes; expected >= 16")
-            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
-            if tag == _WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
-                (tag,) = struct.unpack("<H", body[24:26])
-            fmt = (tag, channels, rate, bits)
-        elif chunk_id == b"data":
-            data = body
-        pos += 8 + size + (size & 1)
-    if fmt is None:
-        raise AudioError(f"{path}: WAV file has no 'fmt ' chunk (truncated or corrupt)")
-    if data is None:
-        raise AudioError(f"{path}: WAV file has no 'data' chunk (truncated or corrupt)")
-    tag, channels, rate, bits = fmt
-    if tag not in (_WAVE_FORMAT_PCM, _WAVE_FORMAT_IEEE_FLOAT):
-        raise AudioError(
-            f"{path}: WAV encoding 0x{tag:04x} is not supported; expected PCM or IEEE float. "
-            "Convert it, e.g. ffmpeg -i INPUT -c:a pcm_s16le OUTPUT.wav"
-        )
-    if channels < 1:
-        raise AudioError(f"{path}: WAV header says {channels} channels; expected at least 1")
-    check_rate(rate, f"{path}: sample rate")
-    samples = _decode_wav_samples(path, data, tag, bits, channels)
-    if truncated and len(samples) == 0:
-        raise AudioError(f"{path}: WAV file is truncated: its data chunk holds no whole sample")
+    with WavReader(path) as reader:
+        parts = []
+        while True:
+            part = reader.read(_READ_ALL_FRAMES)
+            if not len(part):
+                break
+            parts.append(part)
+        declared = reader.declared_frames
+    samples = np.concatenate(parts) if parts else np.zeros((0, reader.channels), dtype=np.float32)
     if len(samples) == 0:
-        raise AudioError(f"{path}: WAV file holds no audio (0 samples)")
-    out = samples[:, 0] if channels == 1 else samples
-    return Audio(np.ascontiguousarray(out), rate)
+        truncated = declared is not None and declared > 0
+        raise AudioError(
+            f"{reader.path}: WAV file is truncated: its data chunk holds no whole sample"
+            if truncated
+            else f"{reader.path}: WAV file holds no audio (0 samples)"
+        )
+    out = samples[:, 0] if reader.channels == 1 else samples
+    return Audio(np.ascontiguousarray(out), reader.sample_rate_hz)
 
 
 def write_wav(path: str | Path, samples: npt.ArrayLike, sample_rate_hz: int) -> None:
@@ -247,9 +390,11 @@ class StreamingResampler:
     which soxr compensates; call :meth:`flush` at the end of a finite stream.
     """
 
-    def __init__(self, rate_in_hz: int, rate_out_hz: int) -> None:
+    def __init__(self, rate_in_hz: int, rate_out_hz: int, *, quality: str = "HQ") -> None:
         self.rate_in_hz = check_rate(rate_in_hz, "input sample rate")
         self.rate_out_hz = check_rate(rate_out_hz, "output sample rate")
+        self.quality = quality
+        """soxr quality: 'HQ' for live input (less delay), 'VHQ' for files (as :func:`resample`)."""
         self._stream: Any = None
         self.reset()
 
@@ -257,7 +402,7 @@ class StreamingResampler:
         """Drop the filter's history (start of a new stream)."""
         if self.rate_in_hz != self.rate_out_hz:
             self._stream = _soxr().ResampleStream(
-                self.rate_in_hz, self.rate_out_hz, 1, dtype="float32", quality="HQ"
+                self.rate_in_hz, self.rate_out_hz, 1, dtype="float32", quality=self.quality
             )
 
     def process(self, chunk: npt.ArrayLike, last: bool = False) -> npt.NDArray[np.float32]:

@@ -108,12 +108,20 @@ def build_source(
 
 
 def build_sinks(config: RuntimeConfig) -> list[Sink]:
-    """stdout JSON lines (unless disabled) and every configured ``[sinks.<kind>]``."""
+    """Every configured ``[sinks.<kind>]`` and stdout JSON lines (unless disabled).
+
+    The metrics come first: the pipeline hands each message to the sinks in order, so an alert
+    is counted before any output shows it (a scrape that follows an alert on stdout sees it
+    counted; issue 15 item 13).
+    """
     sinks: list[Sink] = []
+    if "metrics" in config.sinks:
+        sinks.append(sink_builder("metrics")(config.sinks["metrics"], config))
     if config.stdout:
         sinks.append(JsonLinesSink(health=config.health_stdout))
     for kind, table in config.sinks.items():
-        sinks.append(sink_builder(kind)(table, config))
+        if kind != "metrics":
+            sinks.append(sink_builder(kind)(table, config))
     return sinks
 
 

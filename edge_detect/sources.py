@@ -17,6 +17,7 @@ WAV and stdin input work on a machine without ``libportaudio2``.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -32,13 +33,12 @@ from edge_detect.audio import (
     PCM_FORMATS,
     Audio,
     StreamingResampler,
+    WavReader,
     check_rate,
     pcm_to_float,
-    read_wav,
-    resample,
     to_mono,
 )
-from edge_detect.errors import AudioDeviceError, ConfigError
+from edge_detect.errors import AudioDeviceError, AudioError, ConfigError
 
 CLOSE_TIMEOUT_S = 2.0
 """Longest wait for a lost microphone's stream to close before it is abandoned."""
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 HealthCallback = Callable[[str, str], object]
 """``callback(event, detail)``: event is 'microphone_lost', 'microphone_restored' or 'overflow'."""
 
+FILE_READ_MS = 500.0
+"""Audio read from a file per read call, in ms (bounded memory, few system calls)."""
 MIN_BLOCK_MS = 5.0
 MAX_BLOCK_MS = 2_000.0
 PORTAUDIO_HINT = (
@@ -106,10 +108,17 @@ def block_samples(block_ms: float, sample_rate_hz: int) -> int:
 class WavFileSource:
     """A WAV file, as fast as possible or paced in real time (as a microphone would deliver it).
 
-    Block end times are the start time plus the audio's own time, so alert times of a file run
-    say where in the file the event is (relative to when the run began). ``audio`` replaces
-    reading ``path`` (audio already decoded, e.g. FLAC by an evaluation tool); ``repeat`` plays
-    the file that many times in a row (a long stream for benchmarks, without the memory).
+    The file is read in blocks (:class:`~edge_detect.audio.WavReader`), resampled and downmixed
+    as a stream, so memory stays bounded for a file of any length (an hour at 48 kHz stereo is
+    660 MB of samples).
+
+    Time: a block's ``end_time`` is when the detector had it: the run's start plus the audio's
+    own time when paced, and the moment it was read when faster than real time (never a time in
+    the future). Where in the file an event is, alerts say in ``offset_s``.
+
+    ``audio`` replaces reading ``path`` (audio already decoded, e.g. FLAC by an evaluation
+    tool); ``repeat`` plays the file that many times in a row (a long stream for benchmarks,
+    without the memory).
     """
 
     def __init__(
@@ -126,43 +135,81 @@ class WavFileSource:
             raise ConfigError(f"repeat must be a whole number >= 1, got {repeat!r}")
         self.repeat = repeat
         self.name = str(path)
+        self.path = Path(path)
         self.sample_rate_hz = check_rate(sample_rate_hz, "model sample rate")
         self._block = block_samples(block_ms, self.sample_rate_hz)
-        audio = read_wav(path) if audio is None else audio
-        self.file_sample_rate_hz = audio.sample_rate_hz
-        mono = to_mono(audio.samples)
-        self._samples = resample(mono, audio.sample_rate_hz, self.sample_rate_hz)
+        self._audio = audio
+        if audio is None:
+            with WavReader(path) as reader:  # the header now: a bad file fails at start-up
+                self.file_sample_rate_hz = reader.sample_rate_hz
+                self._file_frames = reader.frames
+        else:
+            self.file_sample_rate_hz = audio.sample_rate_hz
+            self._file_frames = len(audio.samples)
         self.realtime = realtime
         self._stop = threading.Event()
 
     @property
     def duration_s(self) -> float:
-        """Duration of one pass over the file, in s."""
-        return len(self._samples) / self.sample_rate_hz
+        """Duration of one pass over the file, in s (``inf``: a WAV on a pipe, length unknown)."""
+        if self._file_frames is None:
+            return math.inf
+        return self._file_frames / self.file_sample_rate_hz
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _passes(self) -> Iterator[npt.NDArray[np.float32]]:
+        """Mono chunks at the model's rate, pass after pass, any chunk lengths."""
+        for _ in range(self.repeat):
+            resampler = StreamingResampler(
+                self.file_sample_rate_hz, self.sample_rate_hz, quality="VHQ"
+            )
+            if self._audio is not None:
+                yield resampler.process(to_mono(self._audio.samples), last=True)
+                continue
+            with WavReader(self.path) as reader:
+                step = block_samples(FILE_READ_MS, reader.sample_rate_hz)
+                while not self._stop.is_set():
+                    frames = reader.read(step)
+                    last = len(frames) < step
+                    yield resampler.process(to_mono(frames), last=last)
+                    if last:
+                        break
+
     def blocks(self) -> Iterator[Block]:
         start = time.time()
         clock_start = time.monotonic()
-        n = len(self._samples)
-        for begin in range(0, n * self.repeat, self._block):
+        pending: list[npt.NDArray[np.float32]] = []
+        held = 0
+        emitted = 0
+        chunks = self._passes()
+        ended = False
+        while not ended:
             if self._stop.is_set():
                 return
-            offset = begin % n
-            chunk = self._samples[offset : offset + min(self._block, n * self.repeat - begin)]
-            if len(chunk) < self._block and begin + len(chunk) < n * self.repeat:
-                # the block wraps around the end of the file
-                rest = self._samples[: self._block - len(chunk)]
-                chunk = np.concatenate([chunk, rest])
-            audio_end_s = (begin + len(chunk)) / self.sample_rate_hz
-            if self.realtime:
-                # wait until the block's last sample "has been recorded"
-                delay = clock_start + audio_end_s - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
+            chunk = next(chunks, None)
+            if chunk is None:
+                ended = True
+            elif chunk.size:
+                pending.append(chunk)
+                held += chunk.size
+            # whole blocks, and at the end whatever is left as one short block
+            while held >= self._block or (ended and held):
+                joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                size = min(self._block, held)
+                out, rest = joined[:size], joined[size:]
+                pending, held = ([rest] if rest.size else []), rest.size
+                emitted += size
+                audio_end_s = emitted / self.sample_rate_hz
+                if self.realtime:
+                    # wait until the block's last sample "has been recorded"
+                    delay = clock_start + audio_end_s - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        return
+                yield Block(np.ascontiguousarray(out), min(start + audio_end_s, time.time()))
+                if self._stop.is_set():
                     return
-            yield Block(chunk, start + audio_end_s)
 
 
 class RawPcmSource:
@@ -227,8 +274,17 @@ class RawPcmSource:
 
     def blocks(self) -> Iterator[Block]:
         leftover = b""
+        received = 0
         while not self._stop.is_set():
             data = leftover + self._read_block()
+            received += len(data) - len(leftover)
+            if not received and len(data) < self._read_bytes and not self._stop.is_set():
+                raise AudioError(
+                    f"no audio arrived on {self.name}: it ended before the first byte; expected "
+                    f"raw {self._format} PCM at {self.input_rate_hz} Hz, {self._channels} "
+                    "channel(s), e.g. arecord -q -f S16_LE -r 16000 -c 1 -t raw | "
+                    "edge-detect run --input -"
+                )
             usable = len(data) - len(data) % self._frame_bytes
             leftover = data[usable:]
             ended = len(data) < self._read_bytes

@@ -143,6 +143,11 @@ def test_wav_sample_formats(tmp_path: Path, bits: int, tag: int, encode) -> None
         (_wav_bytes(1, 16, np.zeros(100, "<i2").tobytes())[:45], "truncated"),
         (_wav_bytes(0x55, 16, np.zeros(10, "<i2").tobytes()), "not supported"),
         (_wav_bytes(1, 12, np.zeros(10, "<i2").tobytes()), "bits per sample"),
+        # issue 15 item 8: 0 or 4 bits per sample raised ZeroDivisionError
+        (_wav_bytes(1, 0, np.zeros(10, "<i2").tobytes()), "0 bits per sample"),
+        (_wav_bytes(1, 4, np.zeros(10, "<i2").tobytes()), "4 bits per sample"),
+        (_wav_bytes(3, 0, np.zeros(10, "<i2").tobytes()), "0 bits per sample"),
+        (_wav_bytes(1, 16, np.zeros(10, "<i2").tobytes(), channels=0), "0 channels"),
         (_wav_bytes(1, 16, np.zeros(10, "<i2").tobytes(), rate=123), "not supported"),
     ],
 )

@@ -146,7 +146,7 @@ def test_user_mistakes_get_a_message_and_exit_2_without_traceback(tmp_path):
         (("--input", tmp_path / "missing.wav", "--model", TINY), "cannot read audio file"),
         (("--input", not_wav, "--model", TINY), "not a WAV file"),
         (("--input", not_wav, "--model", tmp_path / "no.onnx"), "does not exist"),
-        (("--input", not_wav, "--block-ms", 1, "--model", TINY), "block_ms=1"),
+        (("--input", not_wav, "--block-ms", 1, "--model", TINY), "input.block_ms must be"),
         (("--config", tmp_path / "none.toml"), "cannot read config file"),
         (("--input", "-", "--rate", 7, "--model", TINY), "rate_hz"),
     ]
@@ -238,3 +238,106 @@ def test_clip_around_each_alert_is_saved_and_named_in_the_alert(tmp_path):
     config.write_text('[clips]\ndirectory = "x"\nmax_count = -1\n')
     result = edge_detect("run", "--input", wav, "--model", TINY, "--config", config)
     assert result.returncode == 2 and "clips.max_count" in result.stderr
+
+
+def _iso_seconds(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_file_alert_times_are_never_in_the_future(tmp_path, tone_config):
+    """Issue 16 item 8: a file read faster than real time stamped alerts at start + offset,
+    seconds after they were printed."""
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, planted(12.0, [(9.0, 1.0)]), RATE)
+    result = edge_detect("run", "--input", wav, "--model", TINY, "--config", tone_config)
+    finished = time.time()
+    assert result.returncode == 0, result.stderr
+    (alert,) = lines(result.stdout)
+    assert alert["offset_s"] == pytest.approx(9.0, abs=0.3)  # where in the file
+    assert _iso_seconds(alert["start"]) <= _iso_seconds(alert["end"]) <= finished
+
+
+MAXRSS = (
+    "import resource, sys; from edge_detect.cli import main; rc = main(sys.argv[1:]); "
+    "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+    "sys.exit(rc)"
+)
+
+
+def _peak_rss_mb(*args) -> float:
+    result = subprocess.run(
+        [sys.executable, "-c", MAXRSS, *map(str, args)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return int(result.stderr.split("maxrss_kb")[-1].split()[0]) / 1024
+
+
+def _write_long_wav(path: Path, seconds: int, rate: int, channels: int) -> None:
+    """A 16-bit WAV written a second at a time (the test itself stays small, too)."""
+    import struct
+
+    frames = seconds * rate
+    data_bytes = frames * channels * 2
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE")
+        f.write(struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, channels, rate, rate * channels * 2,
+                            channels * 2, 16))  # fmt: skip
+        f.write(b"data" + struct.pack("<I", data_bytes))
+        rng = np.random.default_rng(0)
+        for _ in range(seconds):
+            second = rng.integers(-300, 300, (rate, channels), dtype="<i2")
+            f.write(second.tobytes())
+
+
+@pytest.mark.slow
+def test_long_wav_is_read_in_blocks_with_bounded_memory(tmp_path):
+    """Issue 15 item 9: files were read whole (1 h at 48 kHz stereo peaked at 4.1 GB)."""
+    short, long = tmp_path / "short.wav", tmp_path / "long.wav"
+    _write_long_wav(short, 10, 48_000, 2)
+    _write_long_wav(long, 600, 48_000, 2)  # 110 MB of PCM, 230 MB as float32
+    base = _peak_rss_mb("run", "--input", short, "--model", TINY)
+    peak = _peak_rss_mb("run", "--input", long, "--model", TINY)
+    assert peak - base < 25, (base, peak)
+
+
+def test_devices_and_endless_inputs_are_refused_or_streamed(tmp_path):
+    """``--input /dev/zero`` grew without bound; raw PCM from an endless stdin stays bounded."""
+    result = edge_detect("run", "--input", "/dev/zero", "--model", TINY)
+    assert result.returncode == 2 and "not a WAV file" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    with open("/dev/zero", "rb") as zero:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_detect", "run", "--input", "-", "--model", str(TINY)],
+            stdin=zero, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+
+        def rss_mb() -> float:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+        try:
+            time.sleep(3.0)
+            first = rss_mb()
+            time.sleep(4.0)
+            later = rss_mb()
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0, err
+    assert later - first < 5, (first, later)
+    assert "done:" in err
+
+
+def test_empty_stdin_says_so(tmp_path):
+    """Issue 15 item 12: an empty stdin exited 0 without a word."""
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_detect", "run", "--input", "-", "--model", str(TINY)],
+        input=b"", capture_output=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "no audio arrived on stdin" in err and "Traceback" not in err
