@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from edge_detect.audio import check_rate, write_wav
 from edge_detect.errors import ConfigError
+from edge_detect.outbox import make_folder
 
 __all__ = ["CLIP_STAMP_FORMAT", "CLIP_SUFFIX", "ClipRecorder"]
 
@@ -79,12 +80,7 @@ class ClipRecorder:
                 f"got {pre_roll_s}, {post_roll_s}, {max_clips}, {max_bytes}"
             )
         self.directory = Path(directory)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the clip folder {self.directory}: {exc.strerror}"
-            ) from exc
+        make_folder(self.directory, "the clip folder")
         self.max_clips = max_clips
         self.max_bytes = max_bytes
         self._pre_samples = round(pre_roll_s * self.sample_rate_hz)

@@ -41,7 +41,14 @@ from typing import TextIO
 
 from edge_detect.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_DEAD", "DEFAULT_MAX_PENDING", "DeadLetter", "Outbox", "Record"]
+__all__ = [
+    "DEFAULT_MAX_DEAD",
+    "DEFAULT_MAX_PENDING",
+    "DeadLetter",
+    "Outbox",
+    "Record",
+    "make_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,24 @@ CREATE TABLE IF NOT EXISTS endpoints (
     disabled_at REAL
 );
 """
+
+
+def make_folder(path: Path, what: str) -> None:
+    """Create ``path`` if missing, but never its parents: a typo such as ``/var/lib/edge-detcet/x``
+    must be an error naming it, not a new tree of folders. ConfigError when it cannot be made."""
+    if path.is_dir():
+        return
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"cannot create {what} {path}: its parent {path.parent} does not exist; "
+            "create it first, or check the path for a typo"
+        )
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {what} {path}: {exc.strerror or exc}; choose a writable folder"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -163,13 +188,7 @@ class Outbox:
         self._lock = threading.Lock()
         self.evicted = 0
         """Records evicted because the outbox was full, since this object was opened."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the outbox folder {self.path.parent}: {exc.strerror}; "
-                "point the outbox at a writable folder"
-            ) from exc
+        make_folder(self.path.parent, "the outbox folder")
         self._lock_file: TextIO | None = self._acquire_process_lock()
         try:
             self._db = self._open()
@@ -180,7 +199,13 @@ class Outbox:
 
     def _acquire_process_lock(self) -> TextIO:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = open(lock_path, "a+")  # noqa: SIM115 -- held open for the outbox's lifetime
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 -- held open for the outbox's lifetime
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the outbox {self.path} ({lock_path.name}: {exc.strerror or exc}); "
+                "point the outbox at a writable folder"
+            ) from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

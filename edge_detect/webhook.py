@@ -433,17 +433,26 @@ def _printable(data: bytes) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in text).strip()
 
 
+_RETRY_AFTER_MAX_S = 10**9
+"""Larger ``Retry-After`` seconds are read as this (the backoff's ``max_s`` caps it anyway)."""
+
+
 def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay-seconds or an HTTP date); None if unusable.
+
+    Never raises: the header comes from the peer. ``str.isdigit()`` alone accepts '²' or '٣',
+    which ``int()``/``float()`` refuse, hence the ASCII check.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), _RETRY_AFTER_MAX_S))
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class WebhookSink:
@@ -726,10 +735,17 @@ class WebhookSink:
 
 def default_outbox_path() -> Path:
     """``$STATE_DIRECTORY/outbox.sqlite`` under systemd (``StateDirectory=``), else
-    ``~/.local/state/edge-detect/outbox.sqlite``."""
+    ``~/.local/state/edge-detect/outbox.sqlite``; ``~/.local/state`` (the XDG state folder) is
+    created if missing, as a configured outbox's parent folders never are."""
     state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    base = Path(state) if state else Path.home() / ".local" / "state" / "edge-detect"
-    return base / "outbox.sqlite"
+    if state:
+        return Path(state) / "outbox.sqlite"
+    xdg_state = Path.home() / ".local" / "state"
+    try:
+        xdg_state.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # the outbox then names the folder it cannot create
+    return xdg_state / "edge-detect" / "outbox.sqlite"
 
 
 _SINK_KEYS = ("outbox", "max_pending", "endpoints", "throttle")

@@ -76,3 +76,12 @@ def test_retention_keeps_the_newest(tmp_path: Path) -> None:
 def test_bad_settings() -> None:
     with pytest.raises(ConfigError, match="pre_roll_s >= 0"):
         ClipRecorder("/tmp/never-created-clips", RATE_HZ, pre_roll_s=-1)
+
+
+def test_clip_folder_parents_are_not_created(tmp_path: Path) -> None:
+    """Issue 15 item 12: a typo in [clips] directory made a tree of folders anywhere."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        ClipRecorder(tmp_path / "no" / "such" / "clips", RATE_HZ)
+    assert not (tmp_path / "no").exists()
+    ClipRecorder(tmp_path / "clips", RATE_HZ).close()  # one new level is fine
+    assert (tmp_path / "clips").is_dir()

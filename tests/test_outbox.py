@@ -185,3 +185,25 @@ def test_delivery_modules_list_exactly_their_public_api(name: str) -> None:
     exported = set(module.__all__)
     assert all(hasattr(module, attr) for attr in exported)
     assert defined <= exported, f"public but not in __all__: {sorted(defined - exported)}"
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        # issue 15 item 12: parents were created anywhere (mkdir -p of a typo)
+        ("/nonexistent-edge-detect/dir/outbox.sqlite", "does not exist"),
+        # issue 15 item 8: a traceback (the lock file could not be opened)
+        ("/proc/outbox.sqlite", "cannot open the outbox"),
+        ("/proc/edge-detect/outbox.sqlite", "cannot create the outbox folder"),
+    ],
+)
+def test_unusable_outbox_locations_are_one_line_errors(where: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        Outbox(where)
+    assert "\n" not in str(info.value)
+    assert not Path("/nonexistent-edge-detect").exists()
+
+
+def test_outbox_folder_is_created_when_its_parent_exists(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "state" / "outbox.sqlite") as box:
+        assert box.pending_count() == 0
