@@ -359,7 +359,9 @@ install_config() {
     fi
   else
     put_file "$template" "$R_CONF" 0640 "$owner" || true
-    say "config: wrote $CONF (mode 0640, ${owner:+root:$SERVICE_USER}${owner:-owner unchanged: no group $SERVICE_USER}): edit it, then systemctl restart $NAME"
+    local owner_text="owner unchanged: no group $SERVICE_USER"
+    [ -z "$owner" ] || owner_text="owner root:$SERVICE_USER"
+    say "config: wrote $CONF (mode 0640, $owner_text): edit it, then systemctl restart $NAME"
   fi
 }
 

@@ -107,6 +107,10 @@ def _group_id(root: Path, name: str) -> int | None:
     return None
 
 
+INSTALL_OUTPUT: dict[Path, str] = {}
+"""What the first install printed, by root."""
+
+
 @pytest.fixture(scope="module")
 def example_config() -> Path:
     path = DEPLOY / "edge-detect.toml"
@@ -124,6 +128,7 @@ def installed(
     root = tmp_path_factory.mktemp("sysroot")
     result = install(root)
     assert result.returncode == 0, result.stdout + result.stderr
+    INSTALL_OUTPUT[root] = result.stdout + result.stderr
     assert Path("/etc/passwd").read_bytes() == host_passwd, "the installer touched this machine"
     # pip built from a copy: no root-owned build/ or *.egg-info left in the user's checkout
     assert sorted(p.name for p in source.iterdir()) == before
@@ -179,6 +184,11 @@ def test_install_writes_private_config_unit_and_state_dir(installed: Path) -> No
             wants.is_symlink() and os.readlink(wants) == "/etc/systemd/system/edge-detect.service"
         )
     if IS_ROOT:
+        # issue 15 item 12: it said "root:edge-detect0:999"
+        assert (
+            "config: wrote /etc/edge-detect/config.toml (mode 0640, owner root:edge-detect)"
+            in (INSTALL_OUTPUT[installed])
+        )
         gid = _group_id(installed, "edge-detect")
         assert gid is not None, "the service group was not created in the throw-away root"
         assert (config.stat().st_uid, config.stat().st_gid) == (0, gid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,26 @@ def test_an_unknown_score_kind_is_refused(exported, tmp_path: Path) -> None:
     onnx.save(model, str(tmp_path / "bad.onnx"))
     with pytest.raises(ModelError, match="must be one of"):
         load_model(tmp_path / "bad.onnx")
+
+
+def test_crafted_checkpoint_is_refused_without_running_its_code(tmp_path: Path) -> None:
+    """Issue 15 item 11: ``torch.load(weights_only=False)`` ran a crafted file's code."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": "edge-detect-checkpoint", "x": Payload()}, crafted, pickle_module=pickle)
+    out = tmp_path / "m.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_detect", "export", str(crafted), "-o", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert result.returncode == 2, result.stderr
+    assert "names posix.system" in result.stderr and "refused without running" in result.stderr
+    assert "Traceback" not in result.stderr

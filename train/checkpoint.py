@@ -19,10 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as np_multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as np_multiarray  # type: ignore[no-redef]
 
 from edge_detect.errors import CheckpointError
 from edge_detect.features import FeatureConfig
@@ -40,6 +48,13 @@ __all__ = [
 CHECKPOINT_FORMAT = "edge-detect-checkpoint"
 CHECKPOINT_VERSION = 1
 _REQUIRED = ("labels", "model_config", "feature_config", "model_state")
+_NUMPY_SCALAR_GLOBALS: list[Any] = [
+    np_multiarray.scalar,
+    np.dtype,
+    *(type(np.dtype(kind)) for kind in ("f4", "f8", "i4", "i8", "u1", "b1")),
+]
+"""What a checkpoint's numpy scalars (a metric stored as ``np.float64``) unpickle through: data
+constructors only, allowed beside torch's own list; nothing that runs arbitrary code."""
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
@@ -71,7 +86,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: torch's restricted unpickler (tensors, containers, numbers, strings). A
+        # full unpickler would run whatever code a crafted file names before we could refuse it.
+        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose ..."
+        unsafe = re.search(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", str(exc), re.I)
+        if unsafe is None:
+            raise CheckpointError(
+                f"{path} is not a readable edge-detect checkpoint (not a torch.save file); "
+                "expected a file written by 'edge-detect train'"
+            ) from None
+        raise CheckpointError(
+            f"{path} names {unsafe.group(1)}, not only tensors, numbers and strings: refused "
+            "without running them (a checkpoint from 'edge-detect train' has none). Load only "
+            "checkpoints you trust."
+        ) from None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise CheckpointError(
             f"{path} is not a readable edge-detect checkpoint ({type(exc).__name__}: {exc}); "
