@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes.util
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -163,5 +164,33 @@ def test_input_overflows_are_counted_and_reported_at_a_bounded_rate():
     source._report_overflows()  # within overflow_report_s: counted, not reported again
     assert health == [("overflow", "2 input overflow(s) (audio dropped), 2 in total")]
     assert source.overflows == 3
-    samples, _ = source._queue.get_nowait()
+    _, samples, _ = source._queue.get_nowait()
     assert samples.shape == (1600,)  # stereo callback data downmixed
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("portaudio"), reason="libportaudio2 missing")
+def test_no_sound_server_is_named_as_such(tmp_path):
+    """Issue 16 item 9: with PortAudio but no sound server, ``run --input mic`` retried forever
+    with "Error querying device -1"; it still retries (a server may start later), but says
+    what is missing and how to fix it."""
+    env = {**os.environ, "PULSE_SERVER": f"unix:{tmp_path / 'no-such-server'}"}
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_detect", "run", "--input", "mic",
+             "--model", str(FIXTURES / "tiny_model.onnx")],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "no input device" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None  # still waiting for a microphone, not exited
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    finally:
+        process.kill()
+    err = log.read_text()
+    assert "no sound server running, or no capture device" in err, err
+    assert "edge-detect devices" in err and "Error querying device -1" not in err
+    assert process.returncode == 0 and "Traceback" not in err
