@@ -23,17 +23,16 @@ from edge_detect.audio import PCM_FORMATS
 from edge_detect.clips import ClipRecorder
 from edge_detect.config import RuntimeConfig, load_config, sink_builder
 from edge_detect.errors import ConfigError
+from edge_detect.microphone import MicrophoneSource, list_input_devices
 from edge_detect.model import DEFAULT_MODEL_PATH, StreamingModel, load_model
 from edge_detect.pipeline import ALERT_ON, Pipeline
 from edge_detect.sinks import JsonLinesSink, Sink
 from edge_detect.sources import (
     HealthCallback,
-    MicrophoneSource,
     RawPcmSource,
     Source,
     WavFileSource,
     check_device_spec,
-    list_input_devices,
 )
 
 __all__ = ["build_pipeline", "build_sinks", "build_source", "register"]

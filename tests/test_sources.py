@@ -17,7 +17,8 @@ from conftest import FIXTURES, ROOT
 
 from edge_detect.audio import Audio, resample, write_wav
 from edge_detect.errors import ConfigError
-from edge_detect.sources import MicrophoneSource, RawPcmSource, WavFileSource, block_samples
+from edge_detect.microphone import MicrophoneSource
+from edge_detect.sources import RawPcmSource, WavFileSource, block_samples
 
 RATE = 16_000
 
