@@ -295,6 +295,7 @@ class WavReader:
         return _decode_wav_samples(self.path, data, self.format_tag, self.bits, self.channels)
 
     def close(self) -> None:
+        """Close the file."""
         self._file.close()
 
     def __enter__(self) -> WavReader:

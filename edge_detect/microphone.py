@@ -23,7 +23,9 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,9 @@ OPEN_WAIT_S = 4.0
 the call goes on, and nothing else is queued until it returns."""
 CLOSE_WAIT_S = 2.0
 """Longest wait for a lost microphone's stream to close before the reader looks up again."""
+RESTART_INITIAL_S = 1.0
+RESTART_MAX_S = 60.0
+"""Waits before the audio input is restarted after an unforeseen fault (doubling)."""
 REPEAT_WARNING_S = 60.0
 """The same microphone warning is logged at most this often (a device missing for days)."""
 
@@ -132,6 +137,7 @@ class PortAudioThread:
 
     @property
     def alive(self) -> bool:
+        """True while the thread runs."""
         return self._thread.is_alive()
 
     def stop(self) -> None:
@@ -192,6 +198,19 @@ def _resolve_device(sd: Any, spec: int | str | None) -> tuple[int | None, dict[s
     exact = [(i, d) for i, d in matches if d["name"].lower() == spec.lower()]
     index, info = (exact or matches)[0]
     return index, dict(info)
+
+
+@dataclass
+class _ReadState:
+    """What one run of the reading loop keeps between iterations."""
+
+    backoff: float
+    first_open: bool
+    stream: Any = None
+    resampler: StreamingResampler | None = None
+    lost: bool = False
+    last_audio: float = dataclass_field(default_factory=time.monotonic)
+    opening: _Call | None = None
 
 
 class MicrophoneSource:
@@ -262,8 +281,13 @@ class MicrophoneSource:
         self._pending: _Call | None = None
         """A PortAudio call that outlasted its wait; nothing else is queued until it is done."""
         self._last_warning = ("", -math.inf)
+        self.restarts = 0
+        """Times the reading failed unexpectedly and was restarted."""
+        self.last_error: str | None = None
+        self._up = False
 
     def stop(self) -> None:
+        """Ask :meth:`blocks` to end soon (thread- and signal-safe)."""
         self._stop.set()
         self._queue.put(None)  # wake the reader
 
@@ -382,96 +406,144 @@ class MicrophoneSource:
             self._last_overflow_report = now
 
     def blocks(self) -> Iterator[Block]:
-        stream: Any = None
-        resampler: StreamingResampler | None = None
-        lost = False
-        backoff = self.backoff_initial_s
-        first_open = True
-        last_audio = time.monotonic()
-        opening: _Call | None = None
+        """Blocks of audio until :meth:`stop`; the reading is supervised: a fault nobody foresaw
+        is logged, raised as a ``thread_restarted`` health event, and the input is reopened
+        after a wait (1 s doubling to a minute), so detection goes on."""
+        wait = RESTART_INITIAL_S
+        first = True
         try:
             while not self._stop.is_set():
-                if self._pending is not None:
-                    # A PortAudio call outlasted its wait (the audio server stalls): nothing
-                    # else may start until it returns.
-                    call = self._pending
-                    if not call.done.wait(0.2):
-                        if not lost:
-                            lost = True
-                            self._on_health("microphone_lost", f"PortAudio {call.name} blocked")
-                        self._warn(
-                            f"microphone: PortAudio {call.name} is blocked (audio server "
-                            "stalled?); waiting for it before anything else"
-                        )
-                        continue
-                    self._pending = None
-                    if call is not opening:
-                        continue
-                if stream is None:
-                    if opening is None:
-                        self._generation += 1
-                        opening = self._portaudio.submit(
-                            "open",
-                            functools.partial(self._open_stream, not first_open, self._generation),
-                        )
-                        first_open = False
-                        if not self._wait(opening, OPEN_WAIT_S):
-                            continue
-                    call, opening = opening, None
-                    if call.error is None:
-                        stream, native_rate = call.result
-                        resampler = StreamingResampler(native_rate, self.sample_rate_hz)
-                        last_audio = time.monotonic()
-                        continue
-                    # Also a device name that matches nothing: a USB microphone that is not
-                    # plugged in yet at boot must not stop the service; the log says why.
-                    if not lost:
-                        lost = True
-                        self._on_health("microphone_lost", f"cannot open: {call.error}")
-                    self._warn(f"microphone open failed: {call.error}; retrying")
-                    if self._stop.wait(backoff):
-                        return
-                    backoff = min(backoff * 2, self.backoff_max_s)
-                    continue
                 try:
-                    item = self._queue.get(timeout=0.2)
-                except queue.Empty:
-                    item = None
-                if item is not None and item[0] == self._generation and resampler is not None:
-                    _, samples, captured = item
-                    if lost:
-                        lost = False
-                        self.reopens += 1
-                        log.warning("microphone restored")
-                        self._on_health("microphone_restored", f"reopened ({self.name})")
-                    backoff = self.backoff_initial_s
-                    last_audio = time.monotonic()
-                    out = resampler.process(samples)
-                    self._report_overflows()
-                    if out.size:
-                        yield Block(out, captured)
-                    continue
-                stalled = time.monotonic() - last_audio > self.stall_timeout_s
-                if self._failed.is_set() or stalled:
-                    reason = self._failure or f"no audio for {self.stall_timeout_s:g} s"
-                    self._failure = ""
-                    # report first: closing a stream on a dead device may be slow
-                    if not lost:
-                        lost = True
-                        log.warning("microphone lost: %s; reopening", reason)
-                        self._on_health("microphone_lost", reason)
-                    closing = self._portaudio.submit(
-                        "close", functools.partial(self._close_stream, stream)
+                    yield from self._read(reinitialise=not first)
+                    return
+                except Exception as exc:  # noqa: BLE001 - the point: audio must go on
+                    self.restarts += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    log.exception("audio input failed; restarting it in %.0f s", wait)
+                    self._on_health(
+                        "thread_restarted",
+                        f"audio: {self.last_error}; restart {self.restarts} in {wait:g} s",
                     )
-                    stream, resampler = None, None
-                    self._drain()
-                    self._wait(closing, CLOSE_WAIT_S)
+                    first = False
+                    self._up = False
+                    if self._stop.wait(wait):
+                        return
+                    wait = min(wait * 2, RESTART_MAX_S)
         finally:
-            self._shut_down(stream)
+            self._portaudio.stop()
+
+    def collect(self) -> Iterable[tuple[str, Mapping[str, str], float]]:
+        """The audio input's supervision state for the metrics."""
+        labels = {"thread": "audio"}
+        yield "edge_detect_thread_up", labels, 1.0 if self._up and self._portaudio.alive else 0.0
+        yield "edge_detect_thread_restarts_total", labels, float(self.restarts)
+
+    def _read(self, reinitialise: bool) -> Iterator[Block]:
+        """One run of the reading loop: open, read, notice a loss, reopen, until stopped."""
+        st = _ReadState(backoff=self.backoff_initial_s, first_open=not reinitialise)
+        self._up = True
+        try:
+            while not self._stop.is_set():
+                if self._pending is not None and self._pending_blocks(st):
+                    continue
+                if st.stream is None:
+                    if self._open_step(st):
+                        return
+                    continue
+                block = self._next_block(st)
+                if block is not None:
+                    yield block
+                elif self._failed.is_set() or time.monotonic() - st.last_audio > (
+                    self.stall_timeout_s
+                ):
+                    self._close_lost(st)
+        finally:
+            self._shut_down(st.stream)
+
+    def _lose(self, st: _ReadState, detail: str) -> None:
+        """Report the microphone lost, once per loss."""
+        if not st.lost:
+            st.lost = True
+            self._on_health("microphone_lost", detail)
+
+    def _pending_blocks(self, st: _ReadState) -> bool:
+        """A PortAudio call outlasted its wait (the audio server stalls): nothing else may
+        start until it returns. True while it blocks (or when it was not the open we wait
+        for)."""
+        call = self._pending
+        assert call is not None
+        if not call.done.wait(0.2):
+            self._lose(st, f"PortAudio {call.name} blocked")
+            self._warn(
+                f"microphone: PortAudio {call.name} is blocked (audio server stalled?); "
+                "waiting for it before anything else"
+            )
+            return True
+        self._pending = None
+        return call is not st.opening
+
+    def _open_step(self, st: _ReadState) -> bool:
+        """Open a stream, or handle the open queued before; True when stopped meanwhile."""
+        if st.opening is None:
+            self._generation += 1
+            st.opening = self._portaudio.submit(
+                "open",
+                functools.partial(self._open_stream, not st.first_open, self._generation),
+            )
+            st.first_open = False
+            if not self._wait(st.opening, OPEN_WAIT_S):
+                return False
+        call, st.opening = st.opening, None
+        if call.error is None:
+            st.stream, native_rate = call.result
+            st.resampler = StreamingResampler(native_rate, self.sample_rate_hz)
+            st.last_audio = time.monotonic()
+            return False
+        # Also a device name that matches nothing: a USB microphone that is not plugged in
+        # yet at boot must not stop the service; the log says why.
+        self._lose(st, f"cannot open: {call.error}")
+        self._warn(f"microphone open failed: {call.error}; retrying")
+        if self._stop.wait(st.backoff):
+            return True
+        st.backoff = min(st.backoff * 2, self.backoff_max_s)
+        return False
+
+    def _next_block(self, st: _ReadState) -> Block | None:
+        """The next block of the current stream's audio (None: none within 0.2 s)."""
+        try:
+            item = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return None
+        if item is None or item[0] != self._generation or st.resampler is None:
+            return None  # a wake-up, or late audio of a stream being closed
+        _, samples, captured = item
+        if st.lost:
+            st.lost = False
+            self.reopens += 1
+            log.warning("microphone restored")
+            self._on_health("microphone_restored", f"reopened ({self.name})")
+        st.backoff = self.backoff_initial_s
+        st.last_audio = time.monotonic()
+        out = st.resampler.process(samples)
+        self._report_overflows()
+        return Block(out, captured) if out.size else None
+
+    def _close_lost(self, st: _ReadState) -> None:
+        """The stream failed or stalled: report (first: closing a dead device may be slow),
+        then close it on the PortAudio thread."""
+        reason = self._failure or f"no audio for {self.stall_timeout_s:g} s"
+        self._failure = ""
+        if not st.lost:
+            log.warning("microphone lost: %s; reopening", reason)
+        self._lose(st, reason)
+        closing = self._portaudio.submit("close", functools.partial(self._close_stream, st.stream))
+        st.stream, st.resampler = None, None
+        self._drain()
+        self._wait(closing, CLOSE_WAIT_S)
 
     def _shut_down(self, stream: Any) -> None:
-        """Close the stream and end the PortAudio thread, waiting a bounded time: at exit a
-        call blocked by a stalled server is left to the operating system, never raced."""
+        """Close the stream, waiting a bounded time: at exit a call blocked by a stalled server
+        is left to the operating system, never raced."""
         if stream is not None:
             closing = self._portaudio.submit("close", functools.partial(self._close_stream, stream))
             if not closing.done.wait(CLOSE_WAIT_S):
@@ -480,7 +552,6 @@ class MicrophoneSource:
                     "stalled?); leaving it to the exit",
                     CLOSE_WAIT_S,
                 )
-        self._portaudio.stop()
 
     def _drain(self) -> None:
         while True:
