@@ -33,11 +33,18 @@ class Alert:
     score: float
     """Peak (smoothed) score during the event, in [0, 1]."""
     start: str
-    """Wall-clock time of the event's start, ISO 8601 with time zone."""
+    """Wall-clock time of the event's start, ISO 8601 with time zone: when the detector heard
+    it. Never in the future: for a file read faster than real time it is close to when the
+    file was processed, and ``offset_s`` (in the JSON) says where in the file the event starts,
+    in seconds from the file's (or stream's) start."""
     end: str
-    """Wall-clock time of the event's end (or of the alert, if the event is still going on)."""
+    """Wall-clock time of the event's end, or, with ``alert_on = "onset"`` (the default), of
+    the frame that confirmed it: the event is still going on when that alert is sent."""
     duration_s: float
-    """end - start, in seconds."""
+    """``end - start`` in seconds. With ``alert_on = "onset"`` this is how long it took to
+    confirm the event (about the smoothing plus the confirmation time, e.g. 0.065 s), **not**
+    the event's length, which is not known yet; with ``alert_on = "end"`` it is the length of
+    the whole event."""
     device: str
     """Name of the detector device (host name unless configured)."""
     model_id: str
@@ -84,8 +91,13 @@ class HealthEvent:
     id: str
     seq: int
     event: str
-    """One of 'started', 'stopping', 'microphone_lost', 'microphone_restored', 'heartbeat',
-    'overflow'."""
+    """What happened. Routine: 'started', 'stopping', 'heartbeat', 'microphone_restored'.
+    Something to look at: 'microphone_lost', 'overflow' (audio or messages dropped),
+    'model_output_invalid' (NaN/inf scores counted as silence), 'thread_restarted' (a
+    background thread failed and was restarted), 'outbox_replaced' (a corrupt outbox moved
+    aside), 'outbox_unwritable' / 'outbox_writable' (a full disk: messages wait in memory),
+    'clips_unwritable' / 'clips_writable', 'endpoint_disabled' / 'endpoint_enabled' (a webhook
+    endpoint answered 410 Gone / was enabled again), 'mqtt_disconnected' / 'mqtt_connected'."""
     time: str
     """Wall-clock time, ISO 8601 with time zone."""
     device: str

@@ -25,6 +25,7 @@ __all__ = [
     "Audio",
     "StreamingResampler",
     "WavReader",
+    "finite_samples",
     "pcm_to_float",
     "read_wav",
     "resample",
@@ -66,7 +67,10 @@ def check_rate(rate_hz: Any, what: str = "sample rate") -> int:
     """Return ``rate_hz`` as an int, or raise SampleRateError saying what is supported."""
     if isinstance(rate_hz, bool) or not isinstance(rate_hz, (int, np.integer, float)):
         raise SampleRateError(f"{what} must be a number of Hz, got {rate_hz!r}")
-    if float(rate_hz) != int(rate_hz) or not MIN_RATE_HZ <= int(rate_hz) <= MAX_RATE_HZ:
+    if (
+        not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ  # first: False for NaN, no int(inf) below
+        or float(rate_hz) != int(rate_hz)
+    ):
         raise SampleRateError(
             f"{what} {rate_hz} Hz is not supported: expected a whole number of Hz between "
             f"{MIN_RATE_HZ} and {MAX_RATE_HZ} (e.g. 16000, 44100 or 48000)"
@@ -84,6 +88,16 @@ def to_mono(samples: npt.ArrayLike) -> npt.NDArray[np.float32]:
     raise AudioError(
         f"expected audio of shape (samples,) or (samples, channels), got {array.shape}"
     )
+
+
+def finite_samples(samples: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """Float samples as float32 in [-1, 1]: NaN becomes 0, everything else is clipped.
+
+    A float WAV or f32le stream may hold anything (1e300, inf, NaN); cast as it is, a NaN turns
+    every feature frame after it into NaN, and float64 beyond float32's range overflows.
+    """
+    x = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
 def pcm_to_float(data: bytes, sample_format: str, channels: int = 1) -> npt.NDArray[np.float32]:
@@ -104,7 +118,7 @@ def pcm_to_float(data: bytes, sample_format: str, channels: int = 1) -> npt.NDAr
         )
     raw = np.frombuffer(data, dtype=dtype).reshape(-1, channels)
     if dtype.kind == "f":
-        return raw.astype(np.float32)
+        return finite_samples(raw)
     scale = float(2 ** (8 * dtype.itemsize - 1))
     return (raw.astype(np.float64) / scale).astype(np.float32)
 
@@ -131,7 +145,7 @@ def _decode_wav_samples(
     usable = len(data) - len(data) % frame_bytes
     data = data[:usable]
     if fmt_tag == _WAVE_FORMAT_IEEE_FLOAT:
-        out = np.frombuffer(data, dtype=f"<f{width}").astype(np.float32)
+        out = finite_samples(np.frombuffer(data, dtype=f"<f{width}"))
     elif bits == 8:  # unsigned
         out = (np.frombuffer(data, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif bits == 16:

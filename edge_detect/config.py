@@ -31,7 +31,14 @@ from edge_detect.errors import ConfigError, EdgeDetectError
 from edge_detect.pipeline import ALERT_ON, MAX_HEARTBEAT_S, StatePolicy
 from edge_detect.sinks import Sink
 from edge_detect.sources import MAX_BLOCK_MS, MIN_BLOCK_MS, check_device_spec
-from edge_detect.strict import check_fields, refuse_unknown, setting, shown, strict_from_dict
+from edge_detect.strict import (
+    check_fields,
+    check_path,
+    refuse_unknown,
+    setting,
+    shown,
+    strict_from_dict,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -176,14 +183,17 @@ def _check(c: RuntimeConfig) -> None:
         value = getattr(c, key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise _fail(key, "a non-empty string (or leave it out)", value)
+    if c.model is not None:
+        check_path(c.model, "model")
     if not isinstance(c.source, str) or not c.source:
         raise _fail("input.source", "'mic', a WAV file path or '-' (stdin)", c.source)
+    check_path(c.source, "input.source")
     check_device_spec(c.device)
     try:
         check_rate(c.rate_hz, "input.rate_hz")
     except EdgeDetectError as exc:
         raise ConfigError(f"config key 'input.rate_hz': {exc}") from None
-    if c.format not in PCM_FORMATS:
+    if not isinstance(c.format, str) or c.format not in PCM_FORMATS:
         raise _fail("input.format", f"one of {sorted(PCM_FORMATS)}", c.format)
     if c.alert_on not in ALERT_ON:
         raise _fail("detection.alert_on", f"one of {list(ALERT_ON)}", c.alert_on)
@@ -198,6 +208,8 @@ def _check(c: RuntimeConfig) -> None:
                 raise
     if c.clips_dir is not None and (not isinstance(c.clips_dir, str) or not c.clips_dir.strip()):
         raise _fail("clips.directory", "a folder path (or leave it out for no clips)", c.clips_dir)
+    if c.clips_dir is not None:
+        check_path(c.clips_dir, "clips.directory")
     for kind in c.sinks:
         if kind not in SINK_BUILDERS and kind not in BUILTIN_SINKS:
             sink_builder(kind)  # raises the message listing the known outputs

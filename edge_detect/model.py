@@ -178,7 +178,9 @@ def _parse_metadata(
 
     try:
         feature_config = FeatureConfig.from_dict(_json_field(meta, "feature_config", where))
-    except ConfigError as exc:
+    except (ConfigError, ValueError, TypeError, OverflowError) as exc:
+        # Metadata is input: an inf or a NaN in it can make the arithmetic of the checks
+        # themselves fail (round(inf)); still one clear error, never a traceback.
         raise ModelError(
             f"{where}: the runtime cannot produce the features this model expects: {exc}"
         ) from None

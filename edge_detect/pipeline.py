@@ -60,7 +60,7 @@ from edge_detect.detect import ClassDetection, Detector, Event
 from edge_detect.errors import ConfigError
 from edge_detect.features import StreamingLogMel
 from edge_detect.model import StreamingModel, score_problem
-from edge_detect.sinks import Sink
+from edge_detect.sinks import Output, Sink
 from edge_detect.sources import Block, Source
 from edge_detect.strict import check_fields, check_number, setting
 
@@ -195,6 +195,7 @@ class Pipeline:
         self.model = model
         model.reset()  # a pipeline is one stream
         self.sinks = list(sinks)
+        self._health_lock = threading.Lock()
         self.device_name = device_name or socket.gethostname()
         self.alert_on = alert_on
         self.policy = state_policy or StatePolicy()
@@ -231,6 +232,11 @@ class Pipeline:
         self.keep_scores = keep_scores
         self.clips = clips
         heartbeat_s = check_number(heartbeat_s, "heartbeat_s", low=0.0, high=MAX_HEARTBEAT_S)
+        for sink in self.sinks:
+            if isinstance(sink, Output):  # its threads' faults become health events
+                sink.bind_health(self.health)
+        if clips is not None:
+            clips.report = self.health
         self._heartbeat_samples = round(heartbeat_s * self.sample_rate_hz)
         self._next_heartbeat = self._heartbeat_samples
         self.scores: list[npt.NDArray[np.float32]] = []
@@ -252,11 +258,16 @@ class Pipeline:
                 log.exception("sink %s failed to take a message", type(sink).__name__)
 
     def health(self, event: str, detail: str = "") -> HealthEvent:
-        """Send a health event to every sink (also usable as a source's health callback)."""
-        self._health_seq += 1
+        """Send a health event to every sink (also usable as a source's health callback).
+
+        Thread-safe: outputs raise health events from their own threads.
+        """
+        with self._health_lock:
+            self._health_seq += 1
+            seq = self._health_seq
         message = HealthEvent(
             id=uuid.uuid4().hex,
-            seq=self._health_seq,
+            seq=seq,
             event=event,
             time=iso_time(time.time()),
             device=self.device_name,

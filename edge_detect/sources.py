@@ -139,6 +139,7 @@ class WavFileSource:
         return self._file_frames / self.file_sample_rate_hz
 
     def stop(self) -> None:
+        """Ask :meth:`blocks` to end soon (thread- and signal-safe)."""
         self._stop.set()
 
     def _passes(self) -> Iterator[npt.NDArray[np.float32]]:
@@ -160,6 +161,7 @@ class WavFileSource:
                         break
 
     def blocks(self) -> Iterator[Block]:
+        """Blocks of mono audio at the model's rate until the input ends or :meth:`stop`."""
         start = time.time()
         clock_start = time.monotonic()
         pending: list[npt.NDArray[np.float32]] = []
@@ -240,6 +242,7 @@ class RawPcmSource:
         self._stop = threading.Event()
 
     def stop(self) -> None:
+        """Ask :meth:`blocks` to end soon (thread- and signal-safe)."""
         self._stop.set()
 
     def _read_block(self) -> bytes:
@@ -255,6 +258,7 @@ class RawPcmSource:
         return b"".join(parts)
 
     def blocks(self) -> Iterator[Block]:
+        """Blocks of mono audio at the model's rate until the input ends or :meth:`stop`."""
         leftover = b""
         received = 0
         while not self._stop.is_set():

@@ -22,16 +22,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_detect.errors import ConfigError
 
 __all__ = [
     "check_bool",
+    "check_field",
     "check_fields",
     "check_integer",
+    "check_path",
     "check_number",
     "check_string",
+    "make_folder",
     "refuse_unknown",
     "setting",
     "shown",
@@ -59,13 +63,18 @@ def _join(where: str, key: str) -> str:
     return f"{where}: {key}" if where else key
 
 
+def _number_text(x: float) -> str:
+    """10000000 rather than 1e+07; 0.001 and 0.5 as they are."""
+    return str(int(x)) if x == int(x) and abs(x) < 1e15 else f"{x:g}"
+
+
 def _span(low: float | None, high: float | None) -> str:
     if low is not None and high is not None:
-        return f" between {low:g} and {high:g}"
+        return f" between {_number_text(low)} and {_number_text(high)}"
     if low is not None:
-        return f" >= {low:g}"
+        return f" >= {_number_text(low)}"
     if high is not None:
-        return f" <= {high:g}"
+        return f" <= {_number_text(high)}"
     return ""
 
 
@@ -130,6 +139,30 @@ def check_string(value: Any, key: str, *, where: str = "", what: str = "a string
     return value
 
 
+def check_path(value: Any, key: str, *, where: str = "") -> str:
+    """``value`` if it is a usable file or folder path: a non-empty string without NUL or other
+    control characters (the operating system refuses a NUL, Python with a ValueError)."""
+    return check_string(value, key, where=where, what="a file or folder path")
+
+
+def make_folder(path: Path, what: str) -> None:
+    """Create ``path`` if missing, but never its parents: a typo such as ``/var/lib/edge-detcet/x``
+    must be an error naming it, not a new tree of folders. ConfigError when it cannot be made."""
+    if path.is_dir():
+        return
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"cannot create {what} {path}: its parent {path.parent} does not exist; "
+            "create it first, or check the path for a typo"
+        )
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {what} {path}: {exc.strerror or exc}; choose a writable folder"
+        ) from None
+
+
 def table(value: Any, where: str) -> Mapping[str, Any]:
     """``value`` if it is a table (mapping with string keys); else ConfigError."""
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
@@ -180,6 +213,15 @@ def _check_value(value: Any, spec: Mapping[str, Any], key: str, where: str) -> A
     if kind is bool:
         return check_bool(value, key, where=where)
     return check_string(value, key, where=where)
+
+
+def check_field(
+    cls: type, name: str, value: Any, *, key: str | None = None, where: str = ""
+) -> Any:
+    """``value`` checked (and normalised) as field ``name`` of the dataclass ``cls`` would be,
+    named ``key`` in the message (a table's key may differ from the field's name)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return _check_value(value, fields[name].metadata[_SPEC], key or name, where)
 
 
 def check_fields(obj: Any, where: str = "") -> None:
