@@ -6,6 +6,11 @@ it) and keeps collecting ``post_roll_s`` more; the finished clip is written by a
 thread as 16-bit mono WAV, first to a hidden temporary name and then renamed, so a reader never
 sees half a file. Retention keeps at most ``max_clips`` files and ``max_bytes`` bytes in the
 folder, deleting the oldest clips first.
+
+A clip that cannot be written (a full disk) leaves no temporary file behind and is kept in memory
+(at most ``MAX_WAITING_CLIPS``) and written when the disk accepts it again, tried every
+``RETRY_S``; the cause is logged once and raised as a ``clips_unwritable`` health event (and
+``clips_writable`` when it works again). The writer thread is supervised.
 """
 
 from __future__ import annotations
@@ -15,22 +20,33 @@ import os
 import queue
 import re
 import threading
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_detect.audio import check_rate, write_wav
 from edge_detect.errors import ConfigError
-from edge_detect.outbox import make_folder
+from edge_detect.strict import make_folder
+from edge_detect.supervise import HealthReporter, Supervised
 
 __all__ = ["CLIP_STAMP_FORMAT", "CLIP_SUFFIX", "ClipRecorder"]
 
 log = logging.getLogger(__name__)
 
 CLIP_SUFFIX = ".wav"
+MAX_WAITING_CLIPS = 20
+"""Clips kept in memory at most while the folder cannot be written (10 s each: ~13 MB)."""
+RETRY_S = 5.0
+"""How often a clip that could not be written is tried again, seconds."""
+CLOSE_WAIT_S = 30.0
+"""Longest wait at close for the clips still to be written."""
+_RETRY = object()  # the writer's wake-up to try the waiting clips again
 CLIP_STAMP_FORMAT = "%Y%m%dT%H%M%S"
 """UTC time of the alert at the start of a clip's name: ``<stamp>_<class>_<alert id[:12]>.wav``
 (``edge-detect clips`` reads names back)."""
@@ -90,11 +106,19 @@ class ClipRecorder:
         self._pos = 0  # next write position in the ring
         self._pending: list[_PendingClip] = []
         self._lock = threading.Lock()
-        self._queue: queue.Queue[_PendingClip | None] = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="clip writer", daemon=True)
-        self._writer.start()
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._waiting: deque[_PendingClip] = deque()
+        """Clips that could not be written yet (a full disk), oldest first."""
+        self.write_error: str | None = None
         self.written = 0
         self.failed = 0
+        """Clips given up on (the memory queue was full)."""
+        self.report: HealthReporter | None = None
+        """Where health events go (the pipeline sets its ``health``)."""
+        self._stop = threading.Event()
+        self._writer = Supervised(
+            "clip writer", self._write_loop, stop=self._stop, report=self._health
+        ).start()
 
     def push(self, samples: npt.ArrayLike) -> None:
         """Add one block of mono float samples (any length), in order, as they are heard."""
@@ -149,21 +173,71 @@ class ClipRecorder:
                 self._pending.append(clip)
         return path
 
+    def _health(self, event: str, detail: str) -> None:
+        if self.report is not None:
+            self.report(event, detail)
+
     def _write_loop(self) -> None:
         while True:
-            clip = self._queue.get()
-            if clip is None:
+            try:
+                clip = self._queue.get(timeout=RETRY_S if self._waiting else None)
+            except queue.Empty:
+                clip = _RETRY
+            if clip is None:  # close(): a last try for what waits
+                self._write_waiting()
                 return
+            if clip is not _RETRY:
+                if len(self._waiting) >= MAX_WAITING_CLIPS:
+                    dropped = self._waiting.popleft()
+                    self.failed += 1
+                    log.error(
+                        "clip %s dropped: %d clips wait to be written",
+                        dropped.path,
+                        MAX_WAITING_CLIPS,
+                    )
+                self._waiting.append(clip)
+            self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        """Write the waiting clips in order; stop at the first that the disk refuses."""
+        while self._waiting:
+            clip = self._waiting[0]
             samples = np.concatenate([clip.pre, *clip.post]) if clip.post else clip.pre
             tmp = clip.path.with_name("." + clip.path.name + ".tmp")
             try:
                 write_wav(tmp, samples, self.sample_rate_hz)
                 os.replace(tmp, clip.path)
-                self.written += 1
-                self._enforce_retention()
             except OSError as exc:
-                self.failed += 1
-                log.error("could not write clip %s: %s", clip.path, exc)
+                tmp.unlink(missing_ok=True)  # never leave a half or empty file behind
+                if self.write_error is None:
+                    self.write_error = exc.strerror or str(exc)
+                    log.error(
+                        "could not write clip %s (%s): kept in memory (up to %d clips) and "
+                        "tried again every %.0f s",
+                        clip.path,
+                        self.write_error,
+                        MAX_WAITING_CLIPS,
+                        RETRY_S,
+                    )
+                    self._health(
+                        "clips_unwritable",
+                        f"clip folder {self.directory}: {self.write_error}; clips wait in memory",
+                    )
+                return
+            self._waiting.popleft()
+            self.written += 1
+            if self.write_error is not None:
+                log.warning("clips can be written again (%s)", self.directory)
+                self._health("clips_writable", f"clip folder {self.directory} can be written again")
+                self.write_error = None
+            self._enforce_retention()
+
+    def collect(self) -> Iterable[tuple[str, Mapping[str, str], float]]:
+        """Clips written, waiting in memory and dropped, and the writer thread's state."""
+        yield from self._writer.figures()
+        yield "edge_detect_clips_written_total", {}, float(self.written)
+        yield "edge_detect_clips_waiting", {}, float(len(self._waiting))
+        yield "edge_detect_clips_dropped_total", {}, float(self.failed)
 
     def _enforce_retention(self) -> None:
         clips = sorted(
@@ -188,4 +262,11 @@ class ClipRecorder:
                 self._queue.put(clip)
             self._pending = []
         self._queue.put(None)
-        self._writer.join()
+        self._writer.join(CLOSE_WAIT_S)
+        self._stop.set()
+        if self._waiting:
+            log.error(
+                "%d clip(s) could not be written before exit (%s)",
+                len(self._waiting),
+                self.write_error,
+            )

@@ -85,3 +85,35 @@ def test_clip_folder_parents_are_not_created(tmp_path: Path) -> None:
     assert not (tmp_path / "no").exists()
     ClipRecorder(tmp_path / "clips", RATE_HZ).close()  # one new level is fine
     assert (tmp_path / "clips").is_dir()
+
+
+def test_a_full_disk_leaves_no_empty_file_and_clips_wait_until_space_returns(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 7: clips named in alerts were never written on a full disk, and 0-byte
+    ``.tmp`` files were left. Now they wait in memory and are written when space returns."""
+    from conftest import fill_disk
+
+    reports: list[tuple[str, str]] = []
+    rec = ClipRecorder(small_disk / "clips", RATE_HZ, pre_roll_s=1.0, post_roll_s=0.0)
+    rec.report = lambda event, detail: reports.append((event, detail))
+    filler = fill_disk(small_disk)
+    try:
+        rec.push(ramp(RATE_HZ * 2))
+        path = rec.start_clip("a1b2c3d4e5f6a7b8", "dog_bark")
+        deadline = time.monotonic() + 10
+        while not reports and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [e for e, _ in reports] == ["clips_unwritable"]
+        assert list((small_disk / "clips").iterdir()) == []  # no .tmp left behind
+        figures = {n: v for n, _, v in rec.collect()}
+        assert figures["edge_detect_clips_waiting"] == 1
+    finally:
+        filler.unlink()
+    deadline = time.monotonic() + 15
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rec.close()
+    assert read_wav(path).duration_s == pytest.approx(1.0)
+    assert [e for e, _ in reports] == ["clips_unwritable", "clips_writable"]
+    assert "No space left on device" in caplog.text

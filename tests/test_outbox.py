@@ -98,17 +98,25 @@ def test_overflow_reports_are_rate_limited_and_may_reenter(tmp_path: Path) -> No
         assert reports[1].startswith("9 message(s) evicted since the last report")
 
 
-def test_disable_endpoint_persists_until_target_changes(tmp_path: Path) -> None:
+def test_disabled_endpoint_keeps_its_queue_until_enabled_or_its_target_changes(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 6: a 410 used to dead-letter the queue and disable the endpoint for good."""
     path = tmp_path / "o.sqlite"
     with Outbox(path) as box:
         assert box.register_endpoint("hook", "https://a.example/x") is None
         box.put(["hook"], "m1", b"x", now=1.0)
-        assert box.disable_endpoint("hook", "https://a.example/x", "410 Gone", now=2.0) == 1
-        assert box.pending_count("hook") == 0
-        assert [d.reason for d in box.dead_letters("hook")] == ["410 Gone"]
+        box.disable_endpoint("hook", "https://a.example/x", "410 Gone", now=2.0)
+        box.put(["hook"], "m2", b"y", now=3.0)  # still queued while disabled
+        assert _ids(box.pending("hook")) == ["m1", "m2"] and box.dead_letters() == []
+        assert box.disabled_reason("hook") == "410 Gone"
     with Outbox(path) as box:
-        assert box.register_endpoint("hook", "https://a.example/x") == "410 Gone"
+        assert box.register_endpoint("hook", "https://a.example/x") == "410 Gone"  # persists
+        assert box.enable_endpoint("hook") and not box.enable_endpoint("hook")
+        assert box.disabled_reason("hook") is None and box.endpoints() == {"hook": None}
+        box.disable_endpoint("hook", "https://a.example/x", "410 Gone", now=4.0)
         assert box.register_endpoint("hook", "https://b.example/y") is None  # new URL: enabled
+        assert _ids(box.pending("hook")) == ["m1", "m2"]
 
 
 def test_second_process_and_bad_files_get_clear_errors(tmp_path: Path) -> None:
@@ -117,10 +125,6 @@ def test_second_process_and_bad_files_get_clear_errors(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="in use by another edge-detect process"):
             Outbox(path)
     Outbox(path).close()  # the lock is released on close
-    junk = tmp_path / "junk.sqlite"
-    junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(ConfigError, match="not a usable SQLite outbox"):
-        Outbox(junk)
     with pytest.raises(ConfigError, match="max_pending >= 1"):
         Outbox(tmp_path / "x.sqlite", max_pending=0)
     with Outbox(tmp_path / "y.sqlite") as box, pytest.raises(ValueError, match="at most"):
@@ -207,3 +211,98 @@ def test_unusable_outbox_locations_are_one_line_errors(where: str, message: str)
 def test_outbox_folder_is_created_when_its_parent_exists(tmp_path: Path) -> None:
     with Outbox(tmp_path / "state" / "outbox.sqlite") as box:
         assert box.pending_count() == 0
+
+
+def _events() -> tuple[list[tuple[str, str]], object]:
+    seen: list[tuple[str, str]] = []
+    return seen, lambda event, detail: seen.append((event, detail))
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_new_one_started(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 5: a corrupt outbox stopped all detection (exit 2, kept down by systemd's
+    RestartPreventExitStatus=2). Now it is kept aside for inspection and delivery goes on."""
+    path = tmp_path / "outbox.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    (tmp_path / "outbox.sqlite-wal").write_bytes(b"a stale journal" * 10)
+    with Outbox(path) as box:
+        (aside,) = box.replaced
+        box.put(["a"], "m1", b"x", now=1.0)
+        assert _ids(box.pending("a")) == ["m1"]
+    assert aside.name.startswith("outbox.sqlite.corrupt-")
+    assert aside.read_bytes().startswith(b"this is not a database")
+    with Outbox(path) as box:
+        assert _ids(box.pending("a")) == ["m1"] and box.replaced == []
+
+
+def _corrupt_page(path: Path, index_name: str) -> None:
+    """Overwrite the root page of one index with garbage (a realistic SD-card error)."""
+    db = sqlite3.connect(path)
+    try:
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name=?", (index_name,)
+        ).fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xde\xad\xbe\xef" * (page_size // 4))
+
+
+def test_corruption_found_while_running_is_replaced_and_pending_messages_salvaged(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as box:
+        for i in range(5):
+            box.put(["a"], f"m{i}", b"x" * 100, now=float(i))
+    _corrupt_page(path, "pending_head")  # the index the delivery read uses; the table is fine
+    seen, report = _events()
+    box = Outbox(path, on_storage=report)  # opening does not touch that index
+    try:
+        head = box.head("a")  # ... the first read does: replaced, and the table salvaged
+        assert head is not None and head.message_id == "m0"
+        assert _ids(box.pending("a")) == [f"m{i}" for i in range(5)]
+    finally:
+        box.close()
+    (event,) = seen
+    assert event[0] == "outbox_replaced" and "5 pending message(s) salvaged" in event[1]
+    assert "malformed" in event[1] or "corrupt" in event[1]
+
+
+def test_a_full_database_keeps_messages_in_memory_and_writes_them_when_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 7: alerts written while the disk was full were lost, each logged only as
+    'cannot rollback - no transaction is active', which hid the cause. SQLite's own limit on the
+    file's pages gives the same SQLITE_FULL as a full disk, without root or a small filesystem."""
+    seen, report = _events()
+    box = Outbox(tmp_path / "outbox.sqlite", on_storage=report)
+    try:
+        box.put(["a"], "m0", b"x", now=0.0)
+        (pages,) = box._db.execute("PRAGMA page_count").fetchone()
+        box._db.execute(f"PRAGMA max_page_count={pages}")
+        for i in range(1, 40):  # 40 kB of bodies cannot fit in the pages the file has
+            assert box.put(["a", "b"], f"m{i}", b"y" * 1000, now=float(i)) in (
+                [],
+                [2 * i, 2 * i + 1],
+            )
+        assert box.in_memory > 0 and box.write_error == "database or disk is full"
+        assert box.pending_count() == 1 + 2 * 39  # nothing lost: the kept ones count
+        head = box.head("a")
+        assert head is not None and head.message_id == "m0"
+        box.mark_delivered(head.seq)  # a decision taken while full is honoured at once
+        assert box.pending_count("a") == 39
+        box._db.execute("PRAGMA max_page_count=1073741823")  # space returns
+        assert box.retry_storage()
+        assert _ids(box.pending("a")) == [f"m{i}" for i in range(1, 40)]
+        assert _ids(box.pending("b")) == [f"m{i}" for i in range(1, 40)]
+    finally:
+        box.close()
+    assert [e for e, _ in seen] == ["outbox_unwritable", "outbox_writable"]
+    assert "database or disk is full" in seen[0][1]
+    assert "cannot rollback" not in caplog.text
+    assert "cannot be written (database or disk is full)" in caplog.text
