@@ -16,7 +16,6 @@ Run: ``python bench/delivery.py`` (about a minute; ``--help`` for the knobs).
 from __future__ import annotations
 
 import argparse
-import base64
 import logging
 import os
 import random
@@ -25,88 +24,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the signed receiver the tests use
 
-from edge_detect.alerts import Alert
-from edge_detect.webhook import Backoff, ScaledClock, Secret, WebhookEndpoint, WebhookSink
+from webhook_receiver import SECRET, Receiver  # noqa: E402
 
-SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdef").decode()
+from edge_detect.alerts import Alert  # noqa: E402
+from edge_detect.webhook import ScaledClock, WebhookSink  # noqa: E402
+from edge_detect.webhook_endpoint import Backoff, Secret, WebhookEndpoint  # noqa: E402
+
 ENDPOINT_NAME = "bench"
-
-
-class Receiver:
-    """Idempotent receiver: ``mode`` is 'up' (200) or '503'; stop()/start() for refused."""
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.verifier = Webhook(SECRET)
-        self.lock = threading.Lock()
-        self.mode = "up"
-        self.delay_s = delay_s
-        self.requests: list[str] = []
-        self.processed: list[str] = []
-        self.processed_at: dict[str, float] = {}
-        """time.monotonic() when each id was processed."""
-        self._seen: set[str] = set()
-        self.bad_signatures = 0
-        self.duplicates = 0
-        """Verified requests for an id already processed (retries after a lost answer)."""
-        self.port = 0
-        self.server: ThreadingHTTPServer | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def start(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status = 200
-                if receiver.delay_s:
-                    time.sleep(receiver.delay_s)
-                with receiver.lock:
-                    receiver.requests.append(headers["webhook-id"])
-                    if receiver.mode == "503":
-                        status = 503
-                    else:
-                        try:
-                            receiver.verifier.verify(body, headers)
-                        except WebhookVerificationError:
-                            receiver.bad_signatures += 1
-                            status = 401
-                        else:
-                            if headers["webhook-id"] in receiver._seen:
-                                receiver.duplicates += 1
-                            else:
-                                receiver._seen.add(headers["webhook-id"])
-                                receiver.processed.append(headers["webhook-id"])
-                                receiver.processed_at[headers["webhook-id"]] = time.monotonic()
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 def make_alert(seq: int) -> Alert:
@@ -168,7 +99,7 @@ def outage(args: argparse.Namespace, mode: str, workdir: Path) -> dict[str, obje
     attempts_during_outage = sink.stats[ENDPOINT_NAME].attempts
     if mode == "refused":
         receiver.start()
-    receiver.mode = "up"
+    receiver.mode = "200"
     back_sim, back_real = clock.now(), time.monotonic()
     backlog = list(emitted)
     for _ in range(args.after):
@@ -187,7 +118,7 @@ def outage(args: argparse.Namespace, mode: str, workdir: Path) -> dict[str, obje
         "delivered": len(receiver.processed),
         "lost": len(set(emitted) - set(receiver.processed)),
         "dup_requests": receiver.duplicates,
-        "in_order": receiver.processed == emitted,
+        "in_order": list(receiver.processed) == emitted,
         "bad_sig": receiver.bad_signatures,
         "attempts": stats.attempts,
         "note": (
@@ -235,9 +166,9 @@ def sigkill(args: argparse.Namespace, mid_delivery: bool, workdir: Path) -> dict
         "delivered": len(receiver.processed),
         "lost": len(set(emitted) - set(receiver.processed)),
         "dup_requests": receiver.duplicates,
-        "in_order": receiver.processed == emitted,
+        "in_order": list(receiver.processed) == emitted,
         "bad_sig": receiver.bad_signatures,
-        "attempts": len(receiver.requests),
+        "attempts": len(receiver.ids()),
         "note": (
             f"killed (exit {child.returncode}) after {delivered_before_kill} delivered; "
             f"restarted process: {out.strip()}"

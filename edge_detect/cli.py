@@ -38,6 +38,7 @@ RUNTIME_COMMAND_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("edge_detect.cli_bench", ("bench",)),
     ("edge_detect.status_cli", ("status",)),
     ("edge_detect.cli_clips", ("clips",)),
+    ("edge_detect.cli_webhook", ("webhook",)),
 )
 
 # Workstation subcommands: (module in the checkout, names it registers, what it needs).

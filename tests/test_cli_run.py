@@ -341,3 +341,56 @@ def test_empty_stdin_says_so(tmp_path):
     err = result.stderr.decode()
     assert result.returncode == 2, err
     assert "no audio arrived on stdin" in err and "Traceback" not in err
+
+
+def _webhook_config(tmp_path: Path, url: str, outbox: Path) -> Path:
+    from webhook_receiver import SECRET
+
+    config = tmp_path / "webhook.toml"
+    config.write_text(
+        TONE_CONFIG
+        + f'[sinks.webhook]\noutbox = "{outbox}"\nflush_on_exit_s = 10\n'
+        + f'url = "{url}"\nsecret = "{SECRET}"\nname = "hook"\nbackoff_initial_s = 0.05\n'
+    )
+    return config
+
+
+def test_a_corrupt_outbox_never_stops_detection(tmp_path):
+    """Issue 15 item 5: a corrupt outbox file stopped all detection (exit 2); now it is moved
+    aside, a new one started, and the alert and a health event are delivered."""
+    from webhook_receiver import Receiver
+
+    receiver = Receiver()
+    outbox = tmp_path / "state" / "outbox.sqlite"
+    outbox.parent.mkdir()
+    outbox.write_bytes(b"\x00garbage, not SQLite" * 500)
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, planted(8.0, [(3.0, 1.0)]), RATE)
+    config = _webhook_config(tmp_path, receiver.url, outbox)
+    try:
+        result = edge_detect("run", "--input", wav, "--model", TINY, "--config", config)
+    finally:
+        receiver.stop()
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "is corrupt" in result.stderr and "moved aside" in result.stderr
+    kinds = [(m.get("type"), m.get("event") or m.get("class")) for m in receiver.processed.values()]
+    assert ("health", "outbox_replaced") in kinds and ("alert", "baby_cry") in kinds
+    assert len(list(outbox.parent.glob("outbox.sqlite.corrupt-*"))) == 1
+
+
+def test_a_run_that_ends_with_alerts_still_queued_says_so(tmp_path):
+    """Issue 16 item 7: a file run that exited with alerts still in the outbox said nothing."""
+    import socket
+
+    with socket.socket() as probe:  # a port where nothing listens: every attempt is refused
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    outbox = tmp_path / "outbox.sqlite"
+    wav = tmp_path / "tone.wav"
+    write_wav(wav, planted(8.0, [(3.0, 1.0)]), RATE)
+    config = _webhook_config(tmp_path, url, outbox)
+    result = edge_detect("run", "--input", wav, "--model", TINY, "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert f"still queued in {outbox}" in result.stderr, result.stderr
+    assert "delivered when edge-detect runs again with this outbox" in result.stderr

@@ -1,7 +1,8 @@
 """Webhook delivery against a real HTTP server on 127.0.0.1.
 
-The receiver verifies every signature with the independent ``standardwebhooks`` package and is
-idempotent (it processes each ``webhook-id`` once), as a well-behaved receiver would be.
+The receiver (``tests/webhook_receiver.py``, shared with ``bench/delivery.py`` and
+``bench/faults.py``) verifies every signature with the independent ``standardwebhooks`` package
+and is idempotent (it processes each ``webhook-id`` once), as a well-behaved receiver would be.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import conftest
 import pytest
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from conftest import fill_disk
+from webhook_receiver import SECRET, Receiver
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
@@ -44,7 +44,6 @@ from edge_detect.webhook import (
     webhook_sink_from_settings,
 )
 
-SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.2, give_up_after_s=60.0)
 
 
@@ -59,105 +58,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
-
-
-class Receiver:
-    """A webhook receiver on a real socket whose behaviour per request is scripted.
-
-    Actions: ``"200"`` (default), any status (``"500"``, ``"410"``), ``"429:1"`` (Retry-After),
-    ``"slow:S"`` (answer 200 after S seconds), ``"garbage"`` (a non-HTTP answer), ``"reset"``
-    (TCP reset after reading the request); ``"@S"`` suffix: wait S seconds first.
-    """
-
-    def __init__(
-        self,
-        secret: str = SECRET,
-        actions: list[str] | None = None,
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        self.tls = tls
-        self.verifier = Webhook(secret)
-        self.actions = list(actions or [])
-        self.lock = threading.Lock()
-        self.received: list[tuple[float, dict[str, str], bytes]] = []
-        self.processed: dict[str, dict] = {}  # webhook-id -> payload, insertion-ordered
-        self.bad_signatures = 0
-        self.holding = threading.Event()
-        self.release = threading.Event()
-        self.port = 0
-        self.server: ThreadingHTTPServer | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
-
-    def start(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                with receiver.lock:
-                    receiver.received.append((time.monotonic(), headers, body))
-                    action = receiver.actions.pop(0) if receiver.actions else "200"
-                action, _, pause = action.partition("@")
-                if pause:
-                    time.sleep(float(pause))
-                if action == "reset":
-                    linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
-                    self.connection.close()
-                    self.close_connection = True
-                    return
-                if action == "garbage":
-                    self.wfile.write(b"\x00\x01 this is not HTTP \xff\r\n\r\n")
-                    self.close_connection = True
-                    return
-                if action == "hold":  # answer 200 once the test releases it
-                    receiver.holding.set()
-                    receiver.release.wait(30)
-                    action = "200"
-                if action.startswith("slow:"):
-                    time.sleep(float(action.split(":")[1]))
-                    action = "200"
-                status, _, retry_after = action.partition(":")
-                if status == "200":
-                    try:
-                        payload = receiver.verifier.verify(body, headers)
-                    except WebhookVerificationError:
-                        receiver.bad_signatures += 1
-                        status = "401"
-                    else:
-                        with receiver.lock:
-                            receiver.processed.setdefault(headers["webhook-id"], payload)
-                answer = b"nope, not this one" if status != "200" else b"ok"
-                self.send_response(int(status))
-                if retry_after:
-                    self.send_header("Retry-After", retry_after)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        if self.tls is not None:
-            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def ids(self) -> list[str]:
-        with self.lock:
-            return [h["webhook-id"] for _, h, _ in self.received]
 
 
 @pytest.fixture
@@ -327,25 +227,51 @@ def test_429_honours_retry_after(tmp_path: Path) -> None:
     assert t1 - t0 >= 0.95  # Retry-After: 1, not the 0.05 s backoff
 
 
-def test_410_disables_endpoint_and_dead_letters_its_queue(tmp_path: Path) -> None:
+def test_410_disables_the_endpoint_loudly_and_keeps_its_queue_until_enabled(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 6: one 410 silently disabled an endpoint for good (dead-lettered its
+    queue, never queued later alerts, said so only in a start-up warning)."""
     receiver = Receiver(actions=["410@0.3"])
+    reports: list[tuple[str, str]] = []
     sink = make_sink(tmp_path, endpoint(receiver.url))
+    sink.bind_health(lambda event, detail: reports.append((event, detail)))
     alerts = [make_alert(i) for i in range(3)]
     try:
         for alert in alerts:  # all queued while the first request waits for its 410
             sink.emit(alert)
         assert wait_until(lambda: "hook" in sink.disabled())
-        sink.emit(make_alert(9))  # not queued: the endpoint is disabled
-        dead = sink.outbox.dead_letters("hook")
+        sink.emit(make_alert(9))  # queued too: nothing is lost while it is disabled
+        assert sink.outbox.pending_count("hook") == 4 and sink.outbox.dead_letters() == []
+        figures = {(name, tuple(labels.items())): v for name, labels, v in sink.collect()}
+        assert figures[("edge_detect_webhook_endpoint_up", (("endpoint", "hook"),))] == 0
     finally:
         sink.close()
-    assert [d.message_id for d in dead] == [a.id for a in alerts]
-    assert all("410" in d.reason for d in dead)
+    assert [event for event, _ in reports] == ["endpoint_disabled"]
+    assert "HTTP 410" in reports[0][1] and "edge-detect webhook enable hook" in reports[0][1]
     assert receiver.ids() == [alerts[0].id]
-    # Still disabled after a restart with the same URL; a new URL enables it again.
-    with Outbox(tmp_path / "outbox.sqlite") as box:
-        assert box.register_endpoint("hook", endpoint(receiver.url).target_digest) is not None
-    receiver.stop()
+    # Still disabled after a restart with the same URL (said again at start-up) ...
+    reports.clear()
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    sink.bind_health(lambda event, detail: reports.append((event, detail)))
+    try:
+        assert "hook" in sink.disabled() and [e for e, _ in reports] == ["endpoint_disabled"]
+        # ... until 'edge-detect webhook enable hook' (another process) enables it again
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_detect", "webhook", "enable", "hook",
+             "--outbox", str(tmp_path / "outbox.sqlite")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "webhook hook enabled" in result.stdout
+        assert wait_until(lambda: "hook" not in sink.disabled())  # noticed within seconds
+        assert sink.flush(15)
+    finally:
+        sink.close()
+        receiver.stop()
+    assert [e for e, _ in reports] == ["endpoint_disabled", "endpoint_enabled"]
+    assert list(receiver.processed) == [a.id for a in alerts] + [receiver.ids()[-1]]
+    assert len(receiver.processed) == 4
 
 
 def test_other_4xx_dead_letters_with_reason_and_moves_on(
@@ -478,8 +404,10 @@ def test_endpoint_from_toml_settings(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({"url": "ftp://h/x"}, "https://host"),
         ({"url": "http://h/x?token=a\nb"}, "'http://h/x' contains spaces or control characters"),
         ({"url": "http://h/x", "urll": 1}, "unknown key"),
-        ({"url": "http://h/x", "timeout_s": "10"}, "timeout_s must be a number"),
-        ({"url": "http://h/x", "timeout_s": 0}, "timeout_s must be > 0"),
+        ({"url": "http://h/x", "timeout_s": "10"}, r"\]: timeout_s must be a finite number"),
+        ({"url": "http://h/x", "timeout_s": 0}, "timeout_s must be a finite number between"),
+        ({"url": "http://h/x", "timeout_s": float("nan")}, "timeout_s must be a finite number"),
+        ({"url": "http://h/x", "backoff_max_s": 1e300}, "backoff_max_s must be a finite number"),
         ({"url": "http://h/x", "classes": "dog_bark"}, "classes must be a list"),
         ({"url": "http://h/x", "backoff_max_s": 1}, "max_s >= initial_s"),
         ({"url": "http://h/x", "secret_env": "NOT_SET_ANYWHERE_42"}, "is not set"),
@@ -537,7 +465,7 @@ def test_sink_from_sinks_webhook_table(
     for bad, message in [
         ({}, "expected url"),
         ({"url": receiver.url, "endpoints": []}, "inside"),
-        ({"url": receiver.url, "max_pending": "9"}, "max_pending must be an integer"),
+        ({"url": receiver.url, "max_pending": "9"}, "max_pending must be a whole number"),
         ({"url": receiver.url, "throttle": 5}, "throttle must be a table"),
     ]:
         with pytest.raises(ConfigError, match=message):
@@ -693,3 +621,117 @@ def test_odd_retry_after_values_never_stop_delivery(tmp_path: Path, value: str) 
         sink.close()
         receiver.stop()
     assert list(receiver.processed) == [a.id for a in alerts]
+
+
+def test_an_endpoint_that_dribbles_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    """Issue 15 item 3: ``timeout_s`` bounded each socket read only, so an endpoint sending one
+    byte every few seconds held the single in-order delivery thread indefinitely."""
+    receiver = Receiver(actions=["dribble:0.5"])  # 41 bytes at 0.5 s each: 20 s for one answer
+    sink = make_sink(tmp_path, endpoint(receiver.url, timeout_s=1.0))
+    alerts = [make_alert(1), make_alert(2)]
+    try:
+        started = time.monotonic()
+        for alert in alerts:
+            sink.emit(alert)
+        assert sink.flush(15)  # the dribbled request was cut at 1 s, the retry answered at once
+        took = time.monotonic() - started
+        head_error = [d.reason for d in sink.outbox.dead_letters()]
+    finally:
+        sink.close()
+        receiver.stop()
+    assert list(receiver.processed) == [a.id for a in alerts]
+    assert receiver.ids() == [alerts[0].id, alerts[0].id, alerts[1].id]
+    assert took < 10, took  # not the 20 s the endpoint wanted to take
+    assert head_error == [] and sink.stats["hook"].retries == 1
+
+
+def test_a_delivery_thread_that_fails_is_restarted_and_says_so(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Supervision: a fault nobody foresaw in the delivery thread (here: injected into the
+    request function, as the Retry-After bug was a real one) restarts it with a health event,
+    counted in the metrics, and delivery goes on."""
+    import edge_detect.webhook as webhook_module
+
+    real_post = webhook_module.post
+    calls = {"n": 0}
+
+    def faulty_post(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a fault nobody foresaw")
+        return real_post(*args, **kwargs)
+
+    monkeypatch.setattr(webhook_module, "post", faulty_post)
+    reports: list[tuple[str, str]] = []
+    sink = make_sink(tmp_path, endpoint(receiver.url))
+    sink.bind_health(lambda event, detail: reports.append((event, detail)))
+    alert = make_alert(1)
+    try:
+        sink.emit(alert)
+        assert sink.flush(15)
+        figures = {(n, tuple(labels.items())): v for n, labels, v in sink.collect()}
+    finally:
+        sink.close()
+    assert list(receiver.processed) == [alert.id]
+    assert reports == [
+        ("thread_restarted", "webhook hook: RuntimeError: a fault nobody foresaw; restart 1 in 1 s")
+    ]
+    assert figures[("edge_detect_thread_restarts_total", (("thread", "webhook hook"),))] == 1
+    assert figures[("edge_detect_thread_up", (("thread", "webhook hook"),))] == 1
+
+
+def test_a_full_disk_loses_nothing_and_never_repeats_a_delivery(
+    small_disk: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 7 on a real full filesystem: the alerts written while it was full were
+    lost ('cannot rollback - no transaction is active'), and a delivery whose deletion could not
+    be written was POSTed again and again. Now they wait in memory, are written when space
+    returns, and a delivered message is sent once."""
+    reports: list[tuple[str, str]] = []
+    sink = make_sink(small_disk, endpoint(receiver.url, timeout_s=30.0))
+    sink.bind_health(lambda event, detail: reports.append((event, detail)))
+    first, held = make_alert(0), make_alert(1)
+    later = [make_alert(i) for i in range(2, 32)]
+    filler = None
+    try:
+        sink.emit(first)
+        assert sink.flush(10)
+        receiver.actions = ["hold"]  # the next request waits while the disk fills up
+        sink.emit(held)
+        assert receiver.holding.wait(10)
+        filler = fill_disk(small_disk)
+        for alert in later:
+            sink.emit(alert)  # the disk is full: kept in memory, never lost
+        receiver.release.set()  # delivered; its deletion cannot be written
+        assert wait_until(lambda: held.id in receiver.processed)
+        time.sleep(3.0)  # delivery threads poll a full outbox every 2 s: it must not resend
+        assert receiver.ids().count(held.id) == 1
+        assert sink.outbox.pending_count("hook") == 30  # the 30 wait in memory
+        filler.unlink()  # space returns
+        filler = None
+        assert sink.flush(20)
+    finally:
+        if filler is not None:
+            filler.unlink()
+        sink.close()
+    assert list(receiver.processed) == [first.id, held.id] + [a.id for a in later]
+    assert receiver.duplicates == 0 and len(receiver.received) == 32
+    assert [e for e, _ in reports] == ["outbox_unwritable", "outbox_writable"]
+    assert "database or disk is full" in reports[0][1]
+    assert "cannot rollback" not in caplog.text
+
+
+def test_the_retry_budget_of_a_tiny_backoff_is_counted_at_once() -> None:
+    """The fuzz suite found it: with max_s = 0.002 s and three days to give up, max_attempts()
+    stepped 130 million times and froze the delivery thread."""
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(Backoff(initial_s=0.001, max_s=0.002).max_attempts()),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(5)
+    assert result == [129_600_002]
+    assert Backoff().max_attempts() == 82  # the production schedule, as before
+    assert Backoff(initial_s=0.02, factor=2.0, max_s=0.04, give_up_after_s=0.1).max_attempts() == 4
