@@ -183,7 +183,8 @@ def run_command(args: argparse.Namespace) -> int:
     if "metrics" in config.sinks:  # the metrics endpoint also times blocks and reads overflows
         from edge_detect.metrics import instrument
 
-        source = instrument(sinks, source, model.labels)
+        reporters = [] if pipeline.clips is None else [pipeline.clips]
+        source = instrument(sinks, source, model.labels, reporters)
     if getattr(args, "show", False):  # drawn on stderr: stdout keeps only the alerts
         from edge_detect.live import LiveView
 

@@ -14,9 +14,22 @@ What is measured (all names start with ``edge_detect_``)::
     microphone_up                       gauge      1 while the microphone delivers audio, else 0
     microphone_losses_total             counter    times the microphone was lost
     outbox_depth                        gauge      webhook messages waiting for delivery
+    outbox_memory_messages{output}      gauge      messages kept in memory: the outbox cannot
+                                                   be written (a full disk)
     deliveries_total{endpoint}          counter    webhook messages delivered
     delivery_failures_total{endpoint}   counter    failed delivery attempts (retried or dead)
     dead_letters_total{endpoint}        counter    messages given up on
+    webhook_endpoint_up{endpoint}       gauge      1 while an endpoint is enabled, 0 disabled
+    alerts_throttled_total              counter    alerts held back by a throttle
+    mqtt_connected                      gauge      1 while connected to the MQTT broker
+    mqtt_pending                        gauge      MQTT messages waiting for the broker
+    mqtt_delivered_total                counter    MQTT messages the broker acknowledged
+    clips_written_total                 counter    audio clips written
+    clips_waiting                       gauge      clips waiting in memory (a full disk)
+    clips_dropped_total                 counter    clips given up on
+    thread_up{thread}                   gauge      1 while a background thread runs
+    thread_restarts_total{thread}       counter    times a background thread failed and was
+                                                   restarted
     info{version}                       gauge      always 1; carries the version
     start_time_seconds                  gauge      wall time the detector started
 
@@ -28,8 +41,8 @@ How the detector feeds it (none of this blocks the audio path for more than a lo
 - :meth:`MetricsSink.meter` wraps the audio source: the time between handing out a block and
   being asked for the next one is the pipeline's processing time of that block; a source with an
   ``overflows`` counter (the microphone) is read when the metrics are scraped.
-- :meth:`MetricsSink.watch_webhooks` reads a webhook sink's outbox depth and delivery counters
-  when the metrics are scraped.
+- :meth:`MetricsSink.watch` asks every :class:`~edge_detect.sinks.Reporter` (the outputs, the
+  clip recorder, the microphone) for its figures when the metrics are scraped.
 - :func:`instrument` does the three in one call: ``source = instrument(sinks, source, labels)``.
 - Anything else calls :class:`DetectorMetrics` directly: ``metrics.alert("dog_bark")``,
   ``metrics.block(seconds, audio_s)``, ``metrics.overflow()``, ``metrics.microphone(up)``, ...
@@ -54,6 +67,8 @@ from typing import Any
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
+from edge_detect.sinks import Figure, Output, Reporter
+from edge_detect.supervise import Supervised
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -209,7 +224,10 @@ class Registry:
         for collector in list(self._collectors):
             try:
                 for name, labels, value in collector():
-                    family = self._families[name]
+                    family = self._families.get(name)
+                    if family is None:  # a third-party output's own figure: not declared here
+                        log.debug("metrics: no family %s declared; skipped", name)
+                        continue
                     collected.setdefault(name, {})[family.key(labels)] = float(value)
             except Exception:  # noqa: BLE001 - a broken collector must not break the endpoint
                 log.exception("metrics collector %r failed", collector)
@@ -324,6 +342,27 @@ class DetectorMetrics(Registry):
             ["endpoint"],
         )
         self.counter(f"{p}dead_letters_total", "Webhook messages given up on.", ["endpoint"])
+        self.gauge(
+            f"{p}outbox_memory_messages",
+            "Messages kept in memory because the outbox cannot be written.",
+            ["output"],
+        )
+        self.gauge(
+            f"{p}webhook_endpoint_up", "1 while a webhook endpoint is enabled.", ["endpoint"]
+        )
+        self.counter(f"{p}alerts_throttled_total", "Alerts held back by a throttle.")
+        self.gauge(f"{p}mqtt_connected", "1 while connected to the MQTT broker.")
+        self.gauge(f"{p}mqtt_pending", "MQTT messages waiting for the broker.")
+        self.counter(f"{p}mqtt_delivered_total", "MQTT messages the broker acknowledged.")
+        self.counter(f"{p}clips_written_total", "Audio clips written.")
+        self.gauge(f"{p}clips_waiting", "Clips waiting in memory to be written.")
+        self.counter(f"{p}clips_dropped_total", "Clips given up on.")
+        self.gauge(f"{p}thread_up", "1 while a background thread runs.", ["thread"])
+        self.counter(
+            f"{p}thread_restarts_total",
+            "Times a background thread failed and was restarted.",
+            ["thread"],
+        )
         self.set(f"{p}info", 1, {"version": version or __version__})
         self.set(f"{p}start_time_seconds", time.time())
         self._overflows_counted = 0.0
@@ -412,6 +451,8 @@ class _MeteredSource:
         self._is_microphone = hasattr(source, "overflows")
         if self._is_microphone:
             metrics.add_collector(self._collect_overflows)
+        if isinstance(source, Reporter):
+            metrics.add_collector(source.collect)
 
     def _collect_overflows(self) -> Iterable[tuple[str, Mapping[str, str], float]]:
         self._metrics.overflows_seen(int(getattr(self._source, "overflows", 0)))
@@ -435,13 +476,18 @@ class _MeteredSource:
         return getattr(self._source, name)
 
 
-class MetricsSink:
+class MetricsSink(Output):
     """A :class:`~edge_detect.sinks.Sink` that counts alerts and follows health events; it owns
     the HTTP endpoint when it was given one, and closes it with the pipeline."""
 
     def __init__(self, metrics: DetectorMetrics, server: MetricsServer | None = None) -> None:
+        super().__init__()
         self.metrics = metrics
         self.server = server
+        if server is not None:
+            server.thread.report = self.health
+            self.threads.append(server.thread)
+        metrics.add_collector(self.collect)
 
     def emit(self, message: Alert | HealthEvent) -> None:
         """Count an alert by class, or a health event by kind."""
@@ -456,17 +502,14 @@ class MetricsSink:
         """``source`` wrapped so that every block it hands out is counted and timed."""
         return _MeteredSource(source, self.metrics)
 
-    def watch_webhooks(self, sink: Any) -> None:
-        """Report a :class:`~edge_detect.webhook.WebhookSink`'s outbox depth and delivery counts
-        (read when the metrics are scraped)."""
+    def watch(self, reporters: Iterable[object]) -> None:
+        """Report what each :class:`~edge_detect.sinks.Reporter` among ``reporters`` collects
+        (outputs, the clip recorder, ...), asked at every scrape."""
+        watched = [r for r in reporters if isinstance(r, Reporter) and r is not self]
 
-        def collect() -> Iterator[tuple[str, Mapping[str, str], float]]:
-            yield f"{PREFIX}outbox_depth", {}, float(sink.outbox.pending_count())
-            for endpoint, stats in dict(sink.stats).items():
-                labels = {"endpoint": endpoint}
-                yield f"{PREFIX}deliveries_total", labels, float(stats.delivered)
-                yield f"{PREFIX}delivery_failures_total", labels, float(stats.retries + stats.dead)
-                yield f"{PREFIX}dead_letters_total", labels, float(stats.dead)
+        def collect() -> Iterator[Figure]:
+            for reporter in watched:
+                yield from reporter.collect()
 
         self.metrics.add_collector(collect)
 
@@ -556,10 +599,10 @@ class MetricsServer:
         self._server.metrics = metrics
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics http", daemon=True
-        )
-        self._thread.start()
+        self._stop = threading.Event()
+        self.thread = Supervised("metrics http", self._server.serve_forever, stop=self._stop)
+        """The serving thread, restarted should ``serve_forever`` ever fail."""
+        self.thread.start()
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("metrics endpoint listens on %s: reachable from the network", host)
         log.info("metrics on %s", self.url)
@@ -572,9 +615,10 @@ class MetricsServer:
 
     def close(self) -> None:
         """Stop serving and release the port."""
+        self._stop.set()
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        self.thread.join(timeout=5)
 
 
 def build_metrics_sink(table: Mapping[str, Any], config: Any = None) -> MetricsSink:
@@ -599,18 +643,21 @@ def build_metrics_sink(table: Mapping[str, Any], config: Any = None) -> MetricsS
     return MetricsSink(metrics, server)
 
 
-def instrument(sinks: Sequence[Any], source: Any, labels: Iterable[str] = ()) -> Any:
+def instrument(
+    sinks: Sequence[Any],
+    source: Any,
+    labels: Iterable[str] = (),
+    reporters: Iterable[object] = (),
+) -> Any:
     """Wire the metrics into a run: the one call the runner needs.
 
     When ``sinks`` hold a :class:`MetricsSink`, returns ``source`` metered by it, shows every
-    class in ``labels`` from the start and watches every webhook sink among ``sinks``; otherwise
-    returns ``source`` unchanged.
+    class in ``labels`` from the start and reports what every other sink and each of
+    ``reporters`` (e.g. the clip recorder) collects; otherwise returns ``source`` unchanged.
     """
     for sink in sinks:
         if isinstance(sink, MetricsSink):
             sink.metrics.declare_classes(labels)
-            for other in sinks:
-                if hasattr(other, "outbox") and hasattr(other, "stats"):  # a WebhookSink
-                    sink.watch_webhooks(other)
+            sink.watch([*sinks, *reporters])
             return sink.meter(source)
     return source

@@ -13,28 +13,35 @@ Topics (``base`` defaults to ``edge-detect/<node>``, ``<node>`` being the device
 
 Like the webhooks, messages go through a durable :class:`~edge_detect.outbox.Outbox` first and
 are removed only when the broker acknowledged them (PUBACK), so a broker outage or a SIGKILL loses
-nothing; the client reconnects by itself with a growing delay. Passwords never appear in reprs,
-logs or error messages.
+nothing. The connection is kept by a supervised thread of our own that reconnects with a growing
+delay (1 s doubling to a minute) and says why it cannot connect: a warning naming the broker and
+the error (at most once a minute while it lasts), an ``mqtt_disconnected`` health event when the
+connection is lost or refused and ``mqtt_connected`` when it is back, and
+``edge_detect_mqtt_connected`` / ``edge_detect_mqtt_pending`` in the metrics and ``edge-detect
+status``. Passwords never appear in reprs, logs or error messages.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from edge_detect import __version__
 from edge_detect.alerts import Alert, HealthEvent
+from edge_detect.credentials import read_secret
 from edge_detect.errors import ConfigError, MissingExtraError
 from edge_detect.outbox import DEFAULT_MAX_PENDING, Outbox
+from edge_detect.sinks import Figure, Output
+from edge_detect.strict import check_integer, check_number, check_path
 
 __all__ = ["MqttSink", "mqtt_sink_from_settings", "node_id"]
 
@@ -47,6 +54,11 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 60
 _NODE_SAFE = re.compile(r"[^a-zA-Z0-9_-]+")
 _IDLE_POLL_S = 60.0
+_BUSY_POLL_S = 2.0
+"""Poll while the outbox keeps messages in memory (a full disk), seconds."""
+REPEAT_WARNING_S = 60.0
+"""The same connection warning is logged at most this often while an outage lasts."""
+MQTT_ERR_SUCCESS = 0
 
 
 def _paho() -> Any:
@@ -62,7 +74,7 @@ def node_id(device_name: str) -> str:
     return _NODE_SAFE.sub("_", device_name).strip("_") or "edge_detect"
 
 
-class MqttSink:
+class MqttSink(Output):
     """A :class:`~edge_detect.sinks.Sink` publishing alerts and health to an MQTT broker.
 
     Parameters
@@ -87,6 +99,8 @@ class MqttSink:
         How long to wait for the broker's PUBACK before trying again, seconds.
     keepalive_s
         MQTT keepalive; the broker declares us offline after 1.5 times this without traffic.
+    reconnect_min_s, reconnect_max_s
+        First and longest wait between connection attempts, seconds (doubling in between).
     """
 
     def __init__(
@@ -106,14 +120,19 @@ class MqttSink:
         publish_timeout_s: float = 10.0,
         keepalive_s: int = 60,
         max_pending: int = DEFAULT_MAX_PENDING,
+        reconnect_min_s: float = RECONNECT_MIN_S,
+        reconnect_max_s: float = RECONNECT_MAX_S,
     ) -> None:
         mqtt = _paho()
+        super().__init__()
         self.host, self.port = host, port
         self.device_name = device_name
         self.node = node_id(device_name)
         self.base_topic = (base_topic or f"edge-detect/{self.node}").rstrip("/")
         self.discovery_prefix = discovery_prefix
         self.publish_timeout_s = publish_timeout_s
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
         self._announced: set[str] = set()
         self._wanted_classes = list(classes)
         self._connected = threading.Event()
@@ -135,13 +154,18 @@ class MqttSink:
         if tls:
             self._client.tls_set(ca_certs=ca_file)
         self._client.will_set(self.status_topic, "offline", qos=QOS_AT_LEAST_ONCE, retain=True)
-        self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.connect_async(host, port, keepalive=keepalive_s)
-        self._client.loop_start()
-        self._thread = threading.Thread(target=self._deliver_loop, name="mqtt", daemon=True)
-        self._thread.start()
+        self.outbox.on_storage = self.health
+        self.outbox.on_overflow = lambda detail: self.health("overflow", detail)
+        self._down_since: float | None = time.monotonic()
+        self._problem = ""
+        """Why the broker cannot be reached (logged at most once a minute while it lasts)."""
+        self._last_warning = -math.inf
+        self._reported_down = False
+        self.supervise("mqtt connection", self._connection_loop, self._stop)
+        self.supervise("mqtt delivery", self._deliver_loop, self._stop)
 
     @property
     def status_topic(self) -> str:
@@ -182,9 +206,48 @@ class MqttSink:
 
     # -- connection ------------------------------------------------------------------------
 
+    def _connection_loop(self) -> None:
+        """Connect, keep the connection, reconnect with a growing delay (a supervised thread)."""
+        delay = self.reconnect_min_s
+        while not self._stop.is_set():
+            try:
+                self._client.reconnect()  # the host and port given to connect_async
+            except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS
+                self._cannot_connect(f"{type(exc).__name__}: {exc}")
+            else:
+                while not self._stop.is_set():
+                    if self._client.loop(timeout=1.0) != MQTT_ERR_SUCCESS:
+                        break  # lost: on_disconnect said why
+                    if self._connected.is_set():
+                        delay = self.reconnect_min_s
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    def _cannot_connect(self, problem: str) -> None:
+        """Say why the broker cannot be reached: a warning at most once a minute, a health event
+        once per outage."""
+        self._connected.clear()
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        now = time.monotonic()
+        if problem != self._problem or now - self._last_warning >= REPEAT_WARNING_S:
+            log.warning(
+                "MQTT broker %s:%s: %s; retrying (%d message(s) waiting)",
+                self.host,
+                self.port,
+                problem,
+                self.outbox.pending_count(QUEUE_NAME),
+            )
+            self._last_warning = now
+        self._problem = problem
+        if not self._reported_down:
+            self._reported_down = True
+            self.health("mqtt_disconnected", f"broker {self.host}:{self.port}: {problem}")
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if getattr(reason, "is_failure", False):
-            log.error("MQTT broker %s:%s refused the connection: %s", self.host, self.port, reason)
+            self._cannot_connect(f"the broker refused the connection: {reason}")
             return
         log.info("MQTT connected to %s:%s", self.host, self.port)
         with self._lock:
@@ -192,16 +255,28 @@ class MqttSink:
                 self._announce(label)
         client.publish(self.status_topic, "online", qos=QOS_AT_LEAST_ONCE, retain=True)
         self._connected.set()
+        self._down_since = None
+        self._problem = ""
+        if self._reported_down:
+            self._reported_down = False
+            self.health("mqtt_connected", f"broker {self.host}:{self.port}: connected again")
         self._wake.set()
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if not self._stop.is_set():
-            log.warning(
-                "MQTT connection to %s:%s lost (%s); reconnecting", self.host, self.port, reason
-            )
+        if not self._stop.is_set() and was_connected:
+            self._cannot_connect(f"connection lost ({reason})")
+
+    def collect(self) -> Iterable[Figure]:
+        """Connection state, queue, deliveries, and the two threads."""
+        yield from super().collect()
+        yield "edge_detect_mqtt_connected", {}, 1.0 if self._connected.is_set() else 0.0
+        yield "edge_detect_mqtt_pending", {}, float(self.outbox.pending_count(QUEUE_NAME))
+        yield "edge_detect_mqtt_delivered_total", {}, float(self.delivered)
+        yield "edge_detect_outbox_memory_messages", {"output": "mqtt"}, float(self.outbox.in_memory)
 
     def _announce(self, label: str) -> None:
         """Publish a class's discovery config (retained); call with self._lock held."""
@@ -219,7 +294,7 @@ class MqttSink:
         """Commit the message to the outbox and wake the publisher (never waits for the broker)."""
         try:
             self.outbox.put([QUEUE_NAME], message.id, message.to_json().encode(), now=time.time())
-        except Exception as exc:  # the audio path must go on; the loss is logged loudly
+        except ValueError as exc:  # too big for the outbox; the loss is logged loudly
             self.failed_puts += 1
             log.error("could not queue message %s for MQTT: %s", message.id, exc)
             return
@@ -239,14 +314,9 @@ class MqttSink:
     def _deliver_loop(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            try:
-                record = self.outbox.head(QUEUE_NAME)
-            except sqlite3.Error as exc:
-                log.error("MQTT: cannot read the outbox: %s", exc)
-                self._stop.wait(RECONNECT_MAX_S)
-                continue
+            record = self.outbox.head(QUEUE_NAME)
             if record is None:
-                self._wake.wait(_IDLE_POLL_S)
+                self._wake.wait(_BUSY_POLL_S if self.outbox.in_memory else _IDLE_POLL_S)
                 continue
             if not self._connected.is_set():
                 self._connected.wait(1.0)
@@ -282,9 +352,6 @@ class MqttSink:
         """Say 'offline', disconnect and stop; pending messages stay in the outbox."""
         if self._stop.is_set():
             return
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(self.publish_timeout_s + 1)
         if self._connected.is_set():
             info = self._client.publish(
                 self.status_topic, "offline", qos=QOS_AT_LEAST_ONCE, retain=True
@@ -293,9 +360,21 @@ class MqttSink:
                 info.wait_for_publish(self.publish_timeout_s)
             except (RuntimeError, ValueError):
                 pass
+        self._stop.set()
+        self._wake.set()
+        self._connected.set()  # wakes a delivery thread waiting for the broker
+        for thread in self.threads:
+            thread.join(self.publish_timeout_s + 2)
         self._client.disconnect()
-        self._client.loop_stop()
-        if self._owns_outbox and not self._thread.is_alive():
+        left = self.outbox.pending_count(QUEUE_NAME)
+        if left:
+            log.warning(
+                "MQTT: %d message(s) still queued in %s; they are published when edge-detect "
+                "runs again with this outbox",
+                left,
+                self.outbox.path,
+            )
+        if self._owns_outbox and not any(t.is_alive() for t in self.threads):
             self.outbox.close()
 
     def __repr__(self) -> str:
@@ -354,28 +433,8 @@ def mqtt_sink_from_settings(settings: Mapping[str, Any], config: object = None) 
     host = typed("host", str, None, "the broker's host name")
     if not host:
         raise ConfigError(f'{where}: host is required, e.g. host = "homeassistant.local"')
-    port = typed("port", int, 1883, "a port number")
-    if not 0 < port < 65536:
-        raise ConfigError(f"{where}: port must be 1..65535; got {port}")
-    sources = [k for k in ("password", "password_file", "password_env") if k in settings]
-    if len(sources) > 1:
-        raise ConfigError(f"{where}: give only one of {sources}")
-    password = None
-    if "password" in settings:
-        password = typed("password", str, None, "a string (value not shown)")
-    elif "password_file" in settings:
-        try:
-            password = Path(str(settings["password_file"])).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{where}: cannot read password_file {settings['password_file']!r}: {exc.strerror}"
-            ) from None
-    elif "password_env" in settings:
-        password = os.environ.get(str(settings["password_env"]))
-        if password is None:
-            raise ConfigError(
-                f"{where}: environment variable {settings['password_env']!r} is not set"
-            )
+    port = check_integer(settings.get("port", 1883), "port", low=1, high=65535, where=where)
+    password = read_secret(settings, "password", where=where)
     classes = typed("classes", list, [], "a list of class names")
     if not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"{where}: classes must be a list of class names; got {classes!r}")
@@ -387,9 +446,13 @@ def mqtt_sink_from_settings(settings: Mapping[str, Any], config: object = None) 
     discovery = typed("discovery", bool, True, "true or false")
     from edge_detect.webhook import default_outbox_path
 
-    outbox = typed(
-        "outbox", str, str(default_outbox_path().with_name("mqtt-outbox.sqlite")), "a file path"
-    )
+    outbox = settings.get("outbox")
+    if outbox is None:
+        outbox = str(default_outbox_path().with_name("mqtt-outbox.sqlite"))
+    check_path(outbox, "outbox", where=where)
+    ca_file = typed("ca_file", str, None, "a file path")
+    if ca_file is not None:
+        check_path(ca_file, "ca_file", where=where)
     return MqttSink(
         host,
         port,
@@ -399,12 +462,26 @@ def mqtt_sink_from_settings(settings: Mapping[str, Any], config: object = None) 
         username=typed("username", str, None, "a string"),
         password=password,
         tls=typed("tls", bool, False, "true or false"),
-        ca_file=typed("ca_file", str, None, "a file path"),
+        ca_file=ca_file,
         base_topic=typed("base_topic", str, None, "a topic"),
         discovery_prefix=typed("discovery_prefix", str, "homeassistant", "a topic")
         if discovery
         else None,
-        publish_timeout_s=float(typed("publish_timeout_s", (int, float), 10.0, "seconds")),
-        keepalive_s=typed("keepalive_s", int, 60, "whole seconds"),
-        max_pending=typed("max_pending", int, DEFAULT_MAX_PENDING, "an integer"),
+        publish_timeout_s=check_number(
+            settings.get("publish_timeout_s", 10.0),
+            "publish_timeout_s",
+            low=0.1,
+            high=3600.0,
+            where=where,
+        ),
+        keepalive_s=check_integer(
+            settings.get("keepalive_s", 60), "keepalive_s", low=5, high=65535, where=where
+        ),
+        max_pending=check_integer(
+            settings.get("max_pending", DEFAULT_MAX_PENDING),
+            "max_pending",
+            low=1,
+            high=10_000_000,
+            where=where,
+        ),
     )

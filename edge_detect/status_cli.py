@@ -167,18 +167,55 @@ def format_status(samples: Sequence[Sample], url: str, *, now: float | None = No
         ago = f"   last {_duration(now - when)} ago" if when else ""
         lines.append(f"  {label:14}{alerts[label]:>6.0f}{ago}")
 
+    in_memory = _values(samples, "outbox_memory_messages", "output")
     depth = _one(samples, "outbox_depth")
     if depth is not None:
-        lines.append(f"{'outbox':12}{depth:.0f} message(s) waiting")
+        kept = in_memory.get("webhook", 0)
+        note = f"; {kept:.0f} kept in memory: the outbox cannot be written" if kept else ""
+        lines.append(f"{'outbox':12}{depth:.0f} message(s) waiting{note}")
     delivered = _values(samples, "deliveries_total", "endpoint")
     failed = _values(samples, "delivery_failures_total", "endpoint")
     dead = _values(samples, "dead_letters_total", "endpoint")
+    up = _values(samples, "webhook_endpoint_up", "endpoint")
     for endpoint in sorted(delivered.keys() | failed.keys() | dead.keys()):
+        state = (
+            f"DISABLED (enable it: edge-detect webhook enable {endpoint}); "
+            if up.get(endpoint) == 0
+            else ""
+        )
         lines.append(
-            f"{'webhook':12}{endpoint}: {delivered.get(endpoint, 0):.0f} delivered, "
+            f"{'webhook':12}{endpoint}: {state}{delivered.get(endpoint, 0):.0f} delivered, "
             f"{failed.get(endpoint, 0):.0f} failed attempt(s), "
             f"{dead.get(endpoint, 0):.0f} given up"
         )
+    connected = _one(samples, "mqtt_connected")
+    if connected is not None:
+        waiting = _one(samples, "mqtt_pending") or 0
+        kept = in_memory.get("mqtt", 0)
+        note = f" ({kept:.0f} in memory: the outbox cannot be written)" if kept else ""
+        lines.append(
+            f"{'mqtt':12}{'connected' if connected else 'DISCONNECTED'}, "
+            f"{_one(samples, 'mqtt_delivered_total') or 0:.0f} published, "
+            f"{waiting:.0f} waiting{note}"
+        )
+    written = _one(samples, "clips_written_total")
+    if written is not None:
+        waiting = _one(samples, "clips_waiting") or 0
+        dropped = _one(samples, "clips_dropped_total") or 0
+        note = f", {waiting:.0f} WAITING (the folder cannot be written)" if waiting else ""
+        lines.append(f"{'clips':12}{written:.0f} written{note}, {dropped:.0f} dropped")
+    threads = _values(samples, "thread_up", "thread")
+    restarts = _values(samples, "thread_restarts_total", "thread")
+    if threads:
+        troubled = sorted(t for t in threads if threads[t] == 0 or restarts.get(t, 0))
+        total = sum(restarts.values())
+        lines.append(
+            f"{'threads':12}{sum(1 for v in threads.values() if v):.0f} of {len(threads)} up, "
+            f"{total:.0f} restart(s)"
+        )
+        for thread in troubled:
+            state = "up" if threads[thread] else "DOWN (restarting)"
+            lines.append(f"  {thread:14}{state}, restarted {restarts.get(thread, 0):.0f} time(s)")
     return "\n".join(lines) + "\n"
 
 

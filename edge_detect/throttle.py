@@ -26,14 +26,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
-from edge_detect.sinks import Sink
+from edge_detect.sinks import Figure, Output, Sink
+from edge_detect.strict import check_integer, check_number
+from edge_detect.supervise import HealthReporter
 
 __all__ = ["ThrottlePolicy", "ThrottledSink", "describe_duration", "throttle_from_settings"]
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _MINUTE_S = 60.0
 _HOUR_S = 3600.0
+_WEEK_S = 7 * 86_400.0
 
 
 def describe_duration(seconds: float) -> str:
@@ -106,21 +109,15 @@ class ThrottlePolicy:
     """Window of the rate cap, seconds."""
 
     def __post_init__(self) -> None:
-        cooldowns = [self.cooldown_s, *self.class_cooldown_s.values()]
-        if any(not (isinstance(c, int | float) and c >= 0) for c in cooldowns):
-            raise ConfigError(f"throttle cooldowns must be numbers >= 0 seconds; got {cooldowns}")
-        if self.max_alerts is not None and (
-            isinstance(self.max_alerts, bool) or not isinstance(self.max_alerts, int)
-        ):
-            raise ConfigError(f"throttle max_alerts must be an integer; got {self.max_alerts!r}")
-        if self.max_alerts is not None and self.max_alerts < 1:
-            raise ConfigError(f"throttle max_alerts must be >= 1 or unset; got {self.max_alerts}")
-        if isinstance(self.window_s, bool) or not isinstance(self.window_s, int | float):
-            raise ConfigError(
-                f"throttle window_s must be a number of seconds; got {self.window_s!r}"
-            )
-        if not self.window_s > 0:
-            raise ConfigError(f"throttle window_s must be > 0 seconds; got {self.window_s}")
+        # every number finite and bounded: an infinite cooldown would silence a class for good
+        self.cooldown_s = check_number(self.cooldown_s, "cooldown_s", low=0.0, high=_WEEK_S)
+        self.class_cooldown_s = {
+            label: check_number(value, f"class_cooldown_s.{label}", low=0.0, high=_WEEK_S)
+            for label, value in self.class_cooldown_s.items()
+        }
+        if self.max_alerts is not None:
+            self.max_alerts = check_integer(self.max_alerts, "max_alerts", low=1, high=1_000_000)
+        self.window_s = check_number(self.window_s, "window_s", low=0.001, high=_WEEK_S)
         self._state: dict[str, _ClassState] = {}
 
     def _cooldown(self, label: str) -> float:
@@ -204,10 +201,12 @@ class ThrottlePolicy:
         return out
 
 
-class ThrottledSink:
+class ThrottledSink(Output):
     """A :class:`~edge_detect.sinks.Sink` that applies a :class:`ThrottlePolicy` before another.
 
-    A small timer thread sends summaries when they fall due, even if no further alert arrives.
+    A small supervised timer thread sends summaries when they fall due, even if no further alert
+    arrives. What the inner output reports (an outbox's depth, its deliveries) and the health
+    events it raises pass through: the wrapper hides nothing.
     """
 
     def __init__(
@@ -217,6 +216,7 @@ class ThrottledSink:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.inner = inner
         self.policy = policy
         self._clock = clock
@@ -225,8 +225,20 @@ class ThrottledSink:
         self._stop = threading.Event()
         self.suppressed = 0
         """Alerts held back so far (each is counted in a summary)."""
-        self._timer = threading.Thread(target=self._summaries_loop, name="throttle", daemon=True)
-        self._timer.start()
+        self._timer = self.supervise("throttle", self._summaries_loop, self._stop)
+
+    def bind_health(self, report: HealthReporter) -> None:
+        """This wrapper's and the inner output's health events go to ``report``."""
+        super().bind_health(report)
+        if isinstance(self.inner, Output):
+            self.inner.bind_health(report)
+
+    def collect(self) -> Iterable[Figure]:
+        """The inner output's figures, this wrapper's thread, and the alerts held back."""
+        yield from super().collect()
+        yield "edge_detect_alerts_throttled_total", {}, float(self.suppressed)
+        if isinstance(self.inner, Output):
+            yield from self.inner.collect()
 
     def emit(self, message: Alert | HealthEvent) -> None:
         """Health events pass at once; alerts go through the policy (sent, or counted for a

@@ -244,9 +244,17 @@ def test_meter_reads_the_microphones_overflow_counter_once() -> None:
     assert _value(text, "edge_detect_microphone_up") == 1
 
 
-def test_watch_webhooks_reports_outbox_depth_and_failures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("throttled", [False, True])
+def test_webhook_figures_reach_the_metrics_with_and_without_a_throttle(
+    tmp_path: Path, throttled: bool
+) -> None:
+    """Issue 17 item 3: with [sinks.webhook.throttle] the ThrottledSink wrapper hid the outbox
+    depth and delivery figures (metrics probed for ``outbox``/``stats`` attributes). Outputs now
+    say what they report (``collect()``), and the wrapper passes its inner output's on."""
     # A real webhook sink aimed at a port where nothing listens: every attempt fails.
     import socket
+
+    from edge_detect.throttle import ThrottledSink, ThrottlePolicy
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -258,19 +266,25 @@ def test_watch_webhooks_reports_outbox_depth_and_failures(tmp_path: Path) -> Non
         timeout_s=1.0,
     )
     webhooks = WebhookSink([endpoint], tmp_path / "outbox.sqlite")
+    output = ThrottledSink(webhooks, ThrottlePolicy(cooldown_s=60)) if throttled else webhooks
     metrics = DetectorMetrics()
-    instrument([webhooks, MetricsSink(metrics)], _MicLike(), ["gun_shot"])
+    instrument([output, MetricsSink(metrics)], _MicLike(), ["gun_shot"])
     try:
-        webhooks.emit(_alert("gun_shot"))
+        output.emit(_alert("gun_shot", 1))
+        output.emit(_alert("gun_shot", 2))  # held back by the throttle, when there is one
         deadline = time.monotonic() + 10
         while webhooks.stats["phone"].retries < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         text = metrics.render()
     finally:
         webhooks.close(timeout_s=1)
-    assert _value(text, "edge_detect_outbox_depth") == 1
+    assert _value(text, "edge_detect_outbox_depth") == (1 if throttled else 2)
     assert _value(text, "edge_detect_delivery_failures_total", endpoint="phone") == 1
     assert _value(text, "edge_detect_deliveries_total", endpoint="phone") == 0
+    assert _value(text, "edge_detect_webhook_endpoint_up", endpoint="phone") == 1
+    assert _value(text, "edge_detect_thread_up", thread="webhook phone") == 1
+    if throttled:
+        assert _value(text, "edge_detect_alerts_throttled_total") == 1
 
 
 def test_listen_addresses_and_config_errors() -> None:
@@ -374,3 +388,49 @@ def test_all_lists_every_public_class_and_function(name: str) -> None:
     }
     assert all(hasattr(module, attr) for attr in module.__all__)
     assert defined <= set(module.__all__), sorted(defined - set(module.__all__))
+
+
+def test_status_shows_what_is_degraded() -> None:
+    """Supervision and degradation are visible in ``edge-detect status``: a thread down or
+    restarted, an endpoint disabled by a 410, messages waiting in memory on a full disk, clips
+    waiting to be written, the MQTT broker away."""
+    now = 1_000_000.0
+    text = "\n".join(
+        [
+            'edge_detect_info{version="9"} 1',
+            f"edge_detect_last_block_timestamp_seconds {now - 1}",
+            "edge_detect_outbox_depth 12",
+            'edge_detect_outbox_memory_messages{output="webhook"} 10',
+            'edge_detect_outbox_memory_messages{output="mqtt"} 0',
+            'edge_detect_deliveries_total{endpoint="ha"} 4',
+            'edge_detect_delivery_failures_total{endpoint="ha"} 1',
+            'edge_detect_dead_letters_total{endpoint="ha"} 0',
+            'edge_detect_webhook_endpoint_up{endpoint="ha"} 0',
+            "edge_detect_mqtt_connected 0",
+            "edge_detect_mqtt_pending 3",
+            "edge_detect_mqtt_delivered_total 7",
+            "edge_detect_clips_written_total 5",
+            "edge_detect_clips_waiting 2",
+            "edge_detect_clips_dropped_total 0",
+            'edge_detect_thread_up{thread="webhook ha"} 1',
+            'edge_detect_thread_restarts_total{thread="webhook ha"} 2',
+            'edge_detect_thread_up{thread="clip writer"} 0',
+            'edge_detect_thread_restarts_total{thread="clip writer"} 1',
+            'edge_detect_thread_up{thread="metrics http"} 1',
+            'edge_detect_thread_restarts_total{thread="metrics http"} 0',
+        ]
+    )
+    status = format_status(parse_metrics(text), "http://x", now=now)
+    assert (
+        "outbox      12 message(s) waiting; 10 kept in memory: the outbox cannot be written"
+        in status
+    )
+    assert (
+        "webhook     ha: DISABLED (enable it: edge-detect webhook enable ha); 4 delivered" in status
+    )
+    assert "mqtt        DISCONNECTED, 7 published, 3 waiting" in status
+    assert "clips       5 written, 2 WAITING (the folder cannot be written), 0 dropped" in status
+    assert "threads     2 of 3 up, 3 restart(s)" in status
+    assert "  clip writer   DOWN (restarting), restarted 1 time(s)" in status
+    assert "  webhook ha    up, restarted 2 time(s)" in status
+    assert "metrics http" not in status  # a healthy thread is not listed

@@ -230,7 +230,8 @@ def test_settings_and_password_never_shown(
         sink.close()
     for bad, message in [
         ({"port": 1883}, "host is required"),
-        ({"host": "h", "port": "1883"}, "port must be a port number"),
+        ({"host": "h", "port": "1883"}, r"port must be a whole number between 1 and 65535"),
+        ({"host": "h", "publish_timeout_s": float("inf")}, "publish_timeout_s must be a finite"),
         ({"host": "h", "tls": "yes"}, "tls must be true or false"),
         ({"host": "h", "passwd": "x"}, "unknown key"),
         ({"host": "h", "password": password, "password_env": "X"}, "only one of"),
@@ -239,3 +240,42 @@ def test_settings_and_password_never_shown(
         with pytest.raises(ConfigError, match=message) as info:
             mqtt_sink_from_settings({"outbox": str(tmp_path / "x.sqlite"), **bad})
         assert password not in str(info.value)
+
+
+def test_a_broker_that_refuses_is_said_loudly_and_recovered_from(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 item 10: a broker refusing connections gave no log line (even with --debug), no
+    line in status, while messages queued. Now: a warning naming the broker and the error, a
+    health event, the metrics; and the queue is published when the broker comes."""
+    from edge_detect.metrics import DetectorMetrics, MetricsSink
+    from edge_detect.status_cli import format_status
+
+    broker = Broker(tmp_path)
+    broker.stop()  # its port refuses connections
+    reports: list[tuple[str, str]] = []
+    sink = MqttSink("127.0.0.1", broker.port, outbox=tmp_path / "m.sqlite", device_name="pi")
+    sink.bind_health(lambda event, detail: reports.append((event, detail)))
+    metrics = DetectorMetrics()
+    MetricsSink(metrics).watch([sink])
+    alerts = [make_alert(i) for i in range(3)]
+    try:
+        for alert in alerts:
+            sink.emit(alert)
+        assert wait_until(lambda: reports)
+        status = format_status(metrics.samples(), "http://x")
+        broker.start()
+        sub = Subscriber(broker.port)
+        assert wait_until(sub.client.is_connected)
+        assert sink.flush(30)
+        topic = "edge-detect/pi/event/dog_bark"
+        assert wait_until(lambda: len(sub.on(topic)) == 3)
+        sub.close()
+    finally:
+        sink.close()
+        broker.stop()
+    assert reports[0][0] == "mqtt_disconnected"
+    assert f"127.0.0.1:{broker.port}" in reports[0][1] and "Connection refused" in reports[0][1]
+    assert reports[-1][0] == "mqtt_connected"
+    assert f"MQTT broker 127.0.0.1:{broker.port}: ConnectionRefusedError" in caplog.text
+    assert "mqtt        DISCONNECTED, 0 published, 3 waiting" in status

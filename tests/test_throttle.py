@@ -144,11 +144,15 @@ def test_settings_errors() -> None:
     )
     for settings, message in [
         ({"cooldown": 30}, "unknown key"),
-        ({"cooldown_s": -1}, "cooldowns must be numbers >= 0"),
-        ({"max_alerts": 0}, "max_alerts must be >= 1"),
-        ({"max_alerts": 2.5}, "max_alerts must be an integer"),
-        ({"window_s": "10m"}, "window_s must be a number"),
+        ({"cooldown_s": -1}, r"\[throttle\]: cooldown_s must be a finite number between 0"),
+        ({"max_alerts": 0}, "max_alerts must be a whole number between 1 and"),
+        ({"max_alerts": 2.5}, "max_alerts must be a whole number"),
+        ({"window_s": "10m"}, "window_s must be a finite number"),
         ({"class_cooldown_s": 5}, "must be a table"),
+        # issue 15: an infinite cooldown would silence a class for good; nan slips past >= 0
+        ({"cooldown_s": float("inf")}, "cooldown_s must be a finite number"),
+        ({"class_cooldown_s": {"dog_bark": float("nan")}}, "class_cooldown_s.dog_bark must be"),
+        ({"window_s": float("nan")}, "window_s must be a finite number"),
     ]:
         with pytest.raises(ConfigError, match=message):
             throttle_from_settings(settings)
