@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes.util
 import json
-import os
 import queue
 import shutil
 import signal
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
+from vmic import VirtualMic
 
 from edge_detect.audio import write_wav
 
@@ -58,62 +58,6 @@ pytestmark = [
         "pulseaudio-utils libasound2-plugins",
     ),
 ]
-
-
-class VirtualMic:
-    """A PulseAudio server with a null sink whose monitor is the default source."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.socket = directory / "pulse.sock"
-        self.env = {**os.environ, "PULSE_SERVER": f"unix:{self.socket}"}
-        self.server: subprocess.Popen | None = None
-        self.keepalive: subprocess.Popen | None = None
-
-    def _pactl(self, *args: str) -> None:
-        subprocess.run(["pactl", *args], env=self.env, check=True, capture_output=True, timeout=10)
-
-    def start(self) -> None:
-        self.socket.unlink(missing_ok=True)
-        self.server = subprocess.Popen(
-            [
-                "pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1",
-                "--disallow-exit=yes", "--use-pid-file=no",
-                f"--log-target=file:{self.dir / 'pulse.log'}",
-                "-L", f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
-                "-L", f"module-null-sink sink_name=vspk rate={RATE} channels=1 format=s16le "
-                "sink_properties=device.description=VirtualMic",
-            ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while subprocess.run(["pactl", "info"], env=self.env, capture_output=True).returncode:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pulseaudio did not start: see {self.dir / 'pulse.log'}")
-            time.sleep(0.05)
-        self._pactl("set-default-sink", "vspk")
-        self._pactl("set-default-source", "vspk.monitor")
-        # A 10 ms-latency silent stream makes the null sink render in 10 ms blocks; without it a
-        # new capture gets its first audio 0.6-1.9 s late. Suspend+resume restarts its clock.
-        self.keepalive = subprocess.Popen(
-            ["pacat", "--playback", "--device=vspk", "--format=s16le", f"--rate={RATE}",
-             "--channels=1", "--latency-msec=10", "--client-name=keepalive", "/dev/zero"],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(0.3)
-        self._pactl("suspend-sink", "vspk", "1")
-        self._pactl("suspend-sink", "vspk", "0")
-
-    def stop(self) -> None:
-        for process in (self.keepalive, self.server):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
-        self.keepalive = self.server = None
-
-    def play(self, wav: Path) -> None:
-        subprocess.run(["paplay", "--device=vspk", str(wav)], env=self.env, check=True, timeout=60)
 
 
 @pytest.fixture
