@@ -57,7 +57,7 @@ def test_every_mistake_is_one_line_naming_the_key_never_the_secret(
 
 def test_webhook_and_mqtt_read_their_secrets_the_same_way(tmp_path: Path) -> None:
     from edge_detect.mqtt import mqtt_sink_from_settings
-    from edge_detect.webhook import webhook_endpoint_from_settings
+    from edge_detect.webhook_endpoint import webhook_endpoint_from_settings
 
     missing = str(tmp_path / "missing")
     with pytest.raises(ConfigError) as webhook:

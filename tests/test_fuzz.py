@@ -550,7 +550,7 @@ def test_1000_fuzzed_responses_are_each_classified_within_the_deadline(
     real 2xx status line, within the request deadline (dribbling endpoints included)."""
     import re
 
-    from edge_detect.webhook import Backoff, Secret, WebhookEndpoint
+    from edge_detect.webhook_endpoint import Backoff, Secret, WebhookEndpoint
     from edge_detect.webhook_http import post
 
     answers: list[bytes | None] = list(_fuzzed_responses(CASES, seed=1234))
@@ -584,7 +584,8 @@ def test_a_sink_delivering_through_fuzzed_responses_loses_nothing(
     """300 alerts through an endpoint answering 1000 fuzzed responses, then 200: each alert is
     delivered or dead-lettered with its reason (4xx/3xx), none lost or stuck; a 410 disables
     the endpoint, keeping its queue, and enabling it delivers the rest."""
-    from edge_detect.webhook import Backoff, Secret, WebhookEndpoint, WebhookSink
+    from edge_detect.webhook import WebhookSink
+    from edge_detect.webhook_endpoint import Backoff, Secret, WebhookEndpoint
 
     server = ScriptedServer(_fuzzed_responses(CASES, seed=99))
     ep = WebhookEndpoint(

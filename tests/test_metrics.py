@@ -35,7 +35,8 @@ from edge_detect.model import load_model
 from edge_detect.pipeline import Pipeline
 from edge_detect.sources import WavFileSource
 from edge_detect.status_cli import format_status, metrics_url
-from edge_detect.webhook import Backoff, WebhookEndpoint, WebhookSink
+from edge_detect.webhook import WebhookSink
+from edge_detect.webhook_endpoint import Backoff, WebhookEndpoint
 
 RATE = 16_000
 # The fixture model's baby_cry score rises above 0.215 on a loud 300 Hz tone (tests/test_pipeline).

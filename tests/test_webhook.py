@@ -32,16 +32,15 @@ from webhook_receiver import SECRET, Receiver
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
-from edge_detect.outbox import Outbox, Record
-from edge_detect.webhook import (
+from edge_detect.outbox import Outbox
+from edge_detect.outbox_file import Record
+from edge_detect.webhook import WebhookSink, default_outbox_path, webhook_sink_from_settings
+from edge_detect.webhook_endpoint import (
     Backoff,
     Secret,
     WebhookEndpoint,
-    WebhookSink,
-    default_outbox_path,
     redact_url,
     webhook_endpoint_from_settings,
-    webhook_sink_from_settings,
 )
 
 FAST = Backoff(initial_s=0.05, factor=2.0, max_s=0.2, give_up_after_s=60.0)
@@ -147,7 +146,8 @@ def test_sigkill_with_pending_alerts_then_restart_delivers_all(tmp_path: Path) -
         f"""
         import time, uuid
         from edge_detect.alerts import Alert
-        from edge_detect.webhook import Backoff, Secret, WebhookEndpoint, WebhookSink
+        from edge_detect.webhook import WebhookSink
+        from edge_detect.webhook_endpoint import Backoff, Secret, WebhookEndpoint
         ep = WebhookEndpoint(url={url!r}, secret=Secret({SECRET!r}), name="hook",
                              backoff=Backoff(initial_s=0.05, max_s=0.2))
         sink = WebhookSink([ep], {str(outbox)!r})
