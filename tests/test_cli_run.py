@@ -208,13 +208,13 @@ def test_configured_metrics_endpoint_counts_blocks_and_alerts(tmp_path):
     finally:
         process.kill()
     assert alert["class"] == "baby_cry"
+    from edge_detect.metrics import parse_metrics
+
     values = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-    assert values['edge_detect_alerts_total{class="baby_cry"}'] == 1
-    assert values["edge_detect_audio_blocks_total"] >= 10  # the alert came ~1.3 s in
+        (sample.name, sample.labels): sample.value for sample in parse_metrics(text)
+    }  # label values may hold spaces (thread="metrics http"): parsed, not split
+    assert values[("edge_detect_alerts_total", (("class", "baby_cry"),))] == 1
+    assert values[("edge_detect_audio_blocks_total", ())] >= 10  # the alert came ~1.3 s in
 
 
 def test_clip_around_each_alert_is_saved_and_named_in_the_alert(tmp_path):
