@@ -285,9 +285,11 @@ def _fuzzed_config(rng: random.Random, tmp_path: Path) -> bytes:
 
 
 def test_1000_fuzzed_configs_give_a_detector_or_one_clear_error(
-    tmp_path: Path, no_tracebacks
+    tmp_path: Path, no_tracebacks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from edge_detect.cli_run import build_sinks
+
+    monkeypatch.chdir(tmp_path)  # a fuzzed relative path (an outbox named 'ｆｏｏ') lands here
     from edge_detect.model import load_model
 
     model = load_model(TINY)
