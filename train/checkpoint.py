@@ -50,11 +50,14 @@ CHECKPOINT_VERSION = 1
 _REQUIRED = ("labels", "model_config", "feature_config", "model_state")
 _NUMPY_SCALAR_GLOBALS: list[Any] = [
     np_multiarray.scalar,
+    np_multiarray._reconstruct,
+    np.ndarray,
     np.dtype,
     *(type(np.dtype(kind)) for kind in ("f4", "f8", "i4", "i8", "u1", "b1")),
 ]
-"""What a checkpoint's numpy scalars (a metric stored as ``np.float64``) unpickle through: data
-constructors only, allowed beside torch's own list; nothing that runs arbitrary code."""
+"""What a checkpoint's numpy values (a metric stored as ``np.float64``, an array in the resume
+state) unpickle through: data constructors only, allowed beside torch's own list; whatever an
+array holds is unpickled by the same restricted unpickler, so nothing can run code."""
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
