@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import random
 import shutil
@@ -55,6 +54,7 @@ from vmic import RATE, VirtualMic  # noqa: E402
 from webhook_receiver import SECRET, Receiver  # noqa: E402
 
 from edge_detect.audio import write_wav  # noqa: E402
+from edge_detect.provenance import provenance, relative_paths  # noqa: E402
 
 TINY = ROOT / "tests" / "fixtures" / "tiny_model.onnx"
 TONE_AT_S = 1.0
@@ -319,9 +319,6 @@ def main() -> None:
     ]  # fmt: skip
     recovery = [f.recovery_s for f in run.faults if f.recovery_s is not None]
     results = {
-        "command": "python bench/faults.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "host": platform.node(),
         "minutes": args.minutes,
         "seed": args.seed,
         "faults": {
@@ -330,6 +327,7 @@ def main() -> None:
             "webhook_down": len(run.flaps),
             "webhook_down_s": round(sum(b - a for a, b, _ in run.flaps), 1),
         },
+        "tones_attempted": len(run.tones),
         "tones_played": sum(t.ok for t in run.tones),
         "tones_expected": len(expected),
         "expected_alerted": sum(t.alert is not None for t in expected),
@@ -353,6 +351,8 @@ def main() -> None:
             for e in sorted({m["event"] for m in run.messages if m.get("type") == "health"})
         },
     }
+    results["provenance"] = provenance([__file__, *sys.argv[1:]])
+    results = relative_paths(results)
     out = args.out or ROOT / "bench" / "results" / f"faults_{datetime.now():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
