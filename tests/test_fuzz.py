@@ -290,6 +290,8 @@ def test_1000_fuzzed_configs_give_a_detector_or_one_clear_error(
     from edge_detect.cli_run import build_sinks
 
     monkeypatch.chdir(tmp_path)  # a fuzzed relative path (an outbox named 'ｆｏｏ') lands here
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))  # and a default outbox
+    (tmp_path / "state").mkdir()
     from edge_detect.model import load_model
 
     model = load_model(TINY)
