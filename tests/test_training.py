@@ -588,3 +588,17 @@ def test_detection_defaults_come_from_the_runtime_state_machine() -> None:
         detector.update(float(value))
         runtime.append(detector.smoothed)
     assert causal_mean(scores[0], 10)[:, 0] == pytest.approx(runtime, abs=1e-6)
+
+
+def test_one_vs_rest_scores_predict_background_unless_an_event_reaches_one_half() -> None:
+    from train.evaluate import predict
+
+    probs = np.array(
+        [
+            [0.2, 0.1, 0.1, 0.9],  # nothing reaches 0.5: background
+            [0.7, 0.1, 0.6, 0.9],  # two events do: the higher one, whatever background says
+            [0.1, 0.55, 0.1, 0.1],
+        ]
+    )
+    assert predict(probs, "sigmoid", 3).tolist() == [3, 0, 1]
+    assert predict(probs, "softmax", 3).tolist() == [3, 3, 1]

@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_clips",
     "evaluate_stream",
     "per_class",
+    "predict",
     "stream_scores",
 ]
 
@@ -89,7 +90,8 @@ def evaluate_clips(
     Returns metrics, clip embeddings (N, E) (mean over active frames) and targets (N,).
     """
     p_all, embeddings, y = clip_scores(model, items, config)
-    metrics = per_class(y, p_all.argmax(1), labels)
+    background = labels.index(config.data.background_label)
+    metrics = per_class(y, predict(p_all, model.config.output, background), labels)
     metrics["auc"] = {label: auc(p_all[:, i], y == i) for i, label in enumerate(labels)}
     return metrics, embeddings, y
 
@@ -129,6 +131,20 @@ def clip_scores(
         embeddings.append(emb[0][active].mean(0).numpy())
         targets.append(item.target)
     return np.stack(probs), np.stack(embeddings), np.asarray(targets, dtype=np.int64)
+
+
+def predict(
+    probs: npt.NDArray[np.floating[Any]], output: str, background_index: int
+) -> npt.NDArray[np.int64]:
+    """The class of each row of probabilities (N, C): the most probable one for a softmax; for
+    one-vs-rest (sigmoid) scores, the most probable event class where it reaches 0.5, else
+    background (the background column is one probability among others, not the rest)."""
+    if output != "sigmoid":
+        return np.asarray(probs.argmax(1), dtype=np.int64)
+    events = np.asarray(probs, dtype=np.float64).copy()
+    events[:, background_index] = -np.inf
+    best = events.argmax(1)
+    return np.where(events.max(1) >= 0.5, best, background_index).astype(np.int64)
 
 
 def causal_mean(scores: npt.NDArray[np.float32], frames: int) -> npt.NDArray[np.float64]:
@@ -177,7 +193,8 @@ def evaluate_stream(
     """
     scores = stream_scores(model, sequences)
     targets = np.concatenate([t for _, t in sequences])
-    predicted = np.concatenate([p.argmax(1) for p in scores])
+    output = model.config.output
+    predicted = np.concatenate([predict(p, output, background_index) for p in scores])
     keep = targets != IGNORE
     metrics = per_class(targets[keep], predicted[keep], labels)
     smooth = max(1, round(SMOOTHING_MS / config.features.hop_ms))

@@ -63,6 +63,7 @@ from train.evaluate import (
     detection_defaults,
     evaluate_clips,
     evaluate_stream,
+    predict,
 )
 from train.losses import (
     ClusterCentroidLoss,
@@ -767,7 +768,7 @@ def _finish(loop: _Loop, run_dir: Path, epoch: int, started: float) -> RunResult
                 "group": item.clip.group,
                 "source": item.clip.source,
                 "target": item.target,
-                "pred": int(p.argmax()),
+                "pred": int(predict(p[None], config.model.output, bg)[0]),
                 "probs": [round(float(v), 5) for v in p],
             }
             for item, p in zip(test_items, test_probs, strict=True)
