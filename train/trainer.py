@@ -578,7 +578,13 @@ def _validate(loop: _Loop, epoch: int, losses: list[float], elapsed_s: float) ->
         "epoch %d: %s", epoch + 1, {k: v for k, v in record.items() if not isinstance(v, dict)}
     )
     opt = config.optim
-    if epoch == 0 or (epoch + 1) % opt.plot_every == 0 or epoch + 1 == opt.epochs:
+    # the embedding stage is drawn every epoch: its evolution, before and after the split
+    if (
+        loop.stage == 1
+        or epoch == 0
+        or (epoch + 1) % opt.plot_every == 0
+        or epoch + 1 == opt.epochs
+    ):
         clusters = (
             loop.cluster_loss.assign(torch.from_numpy(clip_emb), torch.from_numpy(clip_y)).numpy()
             if loop.cluster_loss is not None
