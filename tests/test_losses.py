@@ -280,3 +280,16 @@ def test_one_vs_rest_loss_is_weighted_binary_cross_entropy_and_learns() -> None:
         assert (torch.sigmoid(net(x)).argmax(1) == y).float().mean() == 1.0
     with pytest.raises(TrainingError, match="no one-vs-rest"):
         classification_loss("focal", counts, output="sigmoid")
+
+
+def test_tempered_class_weights_keep_the_mean_weight_and_order() -> None:
+    counts = [100, 400, 25]
+    full = inverse_frequency_weights(counts)
+    root = inverse_frequency_weights(counts, 0.5)
+    none = inverse_frequency_weights(counts, 0.0)
+    n = torch.tensor(counts, dtype=torch.float32)
+    for w in (full, root, none):
+        assert float((w * n).sum() / n.sum()) == pytest.approx(1.0)  # mean weight per example
+    assert torch.allclose(none, torch.ones(3))
+    # the rarest class still weighs most, but 4x rather than 16x the most common one
+    assert float(root[2] / root[1]) == pytest.approx(4.0) and float(full[2] / full[1]) == 16.0

@@ -602,3 +602,16 @@ def test_one_vs_rest_scores_predict_background_unless_an_event_reaches_one_half(
     )
     assert predict(probs, "sigmoid", 3).tolist() == [3, 0, 1]
     assert predict(probs, "softmax", 3).tolist() == [3, 3, 1]
+
+
+def test_mining_top_share_ignores_how_high_the_scores_are() -> None:
+    from train.mining import mining_weights
+
+    # a model whose event scores are high everywhere: the threshold alone would mine everything
+    peaks = np.zeros((20, 4), dtype=np.float32)
+    peaks[:, 0] = np.linspace(0.6, 0.99, 20)
+    _, fired = mining_weights(peaks, [0, 1, 2], threshold=0.5, boost=4.0)
+    assert fired.all()
+    weights, fired = mining_weights(peaks, [0, 1, 2], threshold=0.5, boost=4.0, top=0.1)
+    assert np.flatnonzero(fired).tolist() == [18, 19]  # the worst tenth
+    assert weights[fired].tolist() == [5.0, 5.0]

@@ -225,12 +225,23 @@ class OptimConfig:
     highest, which inverse-frequency weights make count least."""
     hard_negative_fraction: float = 0.05
     """Share of a batch's background frames that count as the hardest."""
+    hard_negative_from_epoch: int = 0
+    """The hardest-background term starts at this epoch and reaches its weight over
+    HARD_NEGATIVE_RAMP_EPOCHS epochs (from the start it kept a model from learning what events
+    are: every event-like background frame outweighed the events)."""
+    class_weight_power: float = 1.0
+    """'weighted_ce': the power of the inverse-frequency class weights (1 = the published
+    baseline's N / (C n_c); 0.5 = their square root; 0 = none)."""
     mining_every: int = 0
     """Hard-negative mining rounds (train.mining): every this many epochs run the model over all
     training background joined into long streams and draw the clips that made it fire more
     often (0 = never)."""
     mining_threshold: float = 0.5
-    """A background clip 'fires' when an event class's smoothed score reaches this on it."""
+    """A background clip 'fires' when an event class's smoothed score reaches this on it..."""
+    mining_top: float = 1.0
+    """...and ranks among this share of the training background clips that score highest for
+    that class (1 = the threshold alone; 0.1 = the worst tenth: robust to how the scores are
+    scaled)."""
     mining_boost: float = 4.0
     """A clip that fired is drawn 1 + mining_boost times as often as one that did not."""
     num_threads: int = 1
@@ -308,7 +319,13 @@ class TrainConfig:
                 "optim.hard_negative_fraction must be in (0, 1], got "
                 f"{self.optim.hard_negative_fraction}"
             )
-        for name in ("hard_negative_weight", "mining_boost"):
+        if not 0.0 < self.optim.mining_top <= 1.0:
+            raise ConfigError(f"optim.mining_top must be in (0, 1], got {self.optim.mining_top}")
+        if not 0.0 <= self.optim.class_weight_power <= 1.0:
+            raise ConfigError(
+                f"optim.class_weight_power must be in [0, 1], got {self.optim.class_weight_power}"
+            )
+        for name in ("hard_negative_weight", "mining_boost", "hard_negative_from_epoch"):
             if getattr(self.optim, name) < 0:
                 raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self.optim, name)}")
         for name in ("patience", "split_epochs", "warmup_steps", "mining_every"):

@@ -76,10 +76,18 @@ def clusters_per_class(
     return [max(1, math.floor(n / n_min + 0.5)) for n in counts]
 
 
-def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
-    """w_c = N / (C * n_c): the published baseline's class weights (mean weight per example 1)."""
+def inverse_frequency_weights(class_counts: Sequence[int], power: float = 1.0) -> torch.Tensor:
+    """w_c = N / (C * n_c): the published baseline's class weights (mean weight per example 1).
+
+    ``power`` < 1 tempers them, w_c proportional to n_c^-power, scaled so that the mean weight
+    per example stays 1 (0: no weighting). A detector judged by its false alarms needs this:
+    full inverse-frequency weights trade hundreds of background frames for one gunshot frame.
+    """
     counts = torch.tensor(_check_counts(class_counts, None), dtype=torch.float32)
-    return counts.sum() / (len(counts) * counts)
+    if power == 1.0:
+        return counts.sum() / (len(counts) * counts)
+    weights = counts ** (-power)
+    return weights * counts.sum() / (counts * weights).sum()
 
 
 def class_balanced_weights(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -509,6 +517,7 @@ def classification_loss(
     logit_tau: float = 1.0,
     output: str = "softmax",
     hard_negatives: tuple[int, float, float] | None = None,
+    weight_power: float = 1.0,
 ) -> nn.Module:
     """The loss on logits (N, C) and targets (N,) for a baseline ``method``.
 
@@ -516,9 +525,11 @@ def classification_loss(
     'focal'. With ``output = "sigmoid"`` (one independent probability per class) 'weighted_ce'
     and 'ce' become one-vs-rest binary cross-entropy, frames weighted by inverse class frequency
     or not at all; the other two have no such form. ``hard_negatives`` = (background index,
-    fraction, weight) adds the hardest background frames' loss (:class:`HardNegatives`).
+    fraction, weight) adds the hardest background frames' loss (:class:`HardNegatives`);
+    ``weight_power`` tempers 'weighted_ce''s inverse-frequency weights
+    (:func:`inverse_frequency_weights`).
     """
-    base = _base_loss(method, class_counts, focal_gamma, logit_tau, output)
+    base = _base_loss(method, class_counts, focal_gamma, logit_tau, output, weight_power)
     if hard_negatives is None:
         return base
     background, fraction, weight = hard_negatives
@@ -526,7 +537,12 @@ def classification_loss(
 
 
 def _base_loss(
-    method: str, class_counts: Sequence[int], focal_gamma: float, logit_tau: float, output: str
+    method: str,
+    class_counts: Sequence[int],
+    focal_gamma: float,
+    logit_tau: float,
+    output: str,
+    weight_power: float,
 ) -> nn.Module:
     if output == "sigmoid":
         if method not in ("weighted_ce", "ce"):
@@ -534,10 +550,12 @@ def _base_loss(
                 f"loss method {method!r} has no one-vs-rest (sigmoid) form; use weighted_ce or ce"
             )
         counts = _check_counts(class_counts, None)
-        weight = inverse_frequency_weights(counts) if method == "weighted_ce" else None
+        weight = (
+            inverse_frequency_weights(counts, weight_power) if method == "weighted_ce" else None
+        )
         return _OneVsRest(len(counts), weight)
     if method == "weighted_ce":
-        return _CrossEntropy(inverse_frequency_weights(class_counts))
+        return _CrossEntropy(inverse_frequency_weights(class_counts, weight_power))
     if method == "ce":
         _check_counts(class_counts, None)
         return _CrossEntropy()

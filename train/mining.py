@@ -100,8 +100,12 @@ def mining_weights(
     *,
     threshold: float,
     boost: float,
+    top: float = 1.0,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
     """Sampling weight of every background clip: ``1 + boost`` for a clip on which some event
-    class fired (peak >= ``threshold``), 1 otherwise; and which clips fired."""
-    fired = np.asarray((peaks[:, list(event_columns)] >= threshold).any(axis=1), dtype=bool)
+    class fired (peak >= ``threshold``, and among the ``top`` share of clips by that class's
+    peak), 1 otherwise; and which clips fired."""
+    columns = peaks[:, list(event_columns)]
+    cut = np.quantile(columns, 1.0 - top, axis=0, method="higher") if top < 1.0 else -np.inf
+    fired = np.asarray(((columns >= threshold) & (columns >= cut)).any(axis=1), dtype=bool)
     return np.asarray(1.0 + boost * fired, dtype=np.float64), fired

@@ -67,6 +67,7 @@ from train.evaluate import (
 )
 from train.losses import (
     ClusterCentroidLoss,
+    HardNegatives,
     check_finite,
     class_balanced_weights,
     classification_loss,
@@ -83,6 +84,8 @@ log = logging.getLogger(__name__)
 
 LAST_NAME, BEST_NAME = "checkpoint_last.pt", "checkpoint.pt"
 VAL_SEQUENCE_SEED = 12345
+HARD_NEGATIVE_RAMP_EPOCHS = 3
+"""Epochs over which the hardest-background term reaches its weight."""
 LONG_BACKGROUND = -1
 """Index of a long event-free sequence in an epoch's order (clips have indices >= 0)."""
 FEATURE_STATS_SEQUENCES = 300
@@ -286,6 +289,7 @@ def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: P
             if opt.hard_negative_weight > 0
             else None
         ),
+        weight_power=opt.class_weight_power,
     )
     net: torch.nn.Module = _EmbedAndClassify(model)
     if world > 1:
@@ -352,6 +356,7 @@ def train(
         if loop.stage == 1 and agree(rank == 0 and _embedding_stage_over(loop, epoch), world):
             _start_classifier_stage(loop, epoch)
         _mine(loop, epoch)
+        _ramp_hard_negatives(loop, epoch)
         losses = _train_epoch(loop, epoch, progress)
         _maintain_clusters(loop, epoch)
         stop = agree(time_limit_s is not None and time.monotonic() - started > time_limit_s, world)
@@ -479,6 +484,16 @@ def _spec_augment(
             x[b, first : first + width, :] = fill
 
 
+def _ramp_hard_negatives(loop: _Loop, epoch: int) -> None:
+    """The hardest-background term's weight this epoch: 0 before ``optim.hard_negative_from_
+    epoch``, then rising linearly to ``optim.hard_negative_weight`` over
+    :data:`HARD_NEGATIVE_RAMP_EPOCHS` epochs."""
+    opt = loop.config.optim
+    if isinstance(loop.frame_loss, HardNegatives):
+        ramp = (epoch - opt.hard_negative_from_epoch + 1) / HARD_NEGATIVE_RAMP_EPOCHS
+        loop.frame_loss.weight = opt.hard_negative_weight * min(1.0, max(0.0, ramp))
+
+
 def _mine(loop: _Loop, epoch: int) -> None:
     """A hard-negative mining round (:mod:`train.mining`) before ``epoch``, when one is due."""
     opt = loop.config.optim
@@ -493,7 +508,7 @@ def _mine(loop: _Loop, epoch: int) -> None:
     peaks = background_peaks(stream_model, loop.builder.backgrounds, loop.config, opt.seed + epoch)
     events = [c for c in range(len(loop.data.labels)) if c != bg]
     weights, fired = mining_weights(
-        peaks, events, threshold=opt.mining_threshold, boost=opt.mining_boost
+        peaks, events, threshold=opt.mining_threshold, boost=opt.mining_boost, top=opt.mining_top
     )
     loop.background_weights = weights
     loop.builder.set_background_weights(weights)
