@@ -293,3 +293,28 @@ def test_tempered_class_weights_keep_the_mean_weight_and_order() -> None:
     assert torch.allclose(none, torch.ones(3))
     # the rarest class still weighs most, but 4x rather than 16x the most common one
     assert float(root[2] / root[1]) == pytest.approx(4.0) and float(full[2] / full[1]) == 16.0
+
+
+def test_pooled_events_ask_an_event_to_fire_on_its_best_frames_only() -> None:
+    from train.losses import PooledEvents
+
+    # one dog sequence (frames 2-9 labelled dog, 10-11 unscored), one background sequence
+    targets = torch.tensor([[3, 3] + [0] * 8 + [-100, -100], [3] * 12])
+    logits = torch.full((2, 12, 4), -4.0)
+    logits[..., 3] = 4.0  # background everywhere...
+    logits[0, 4:7, 0] = 5.0  # ...and the bark fires on three of its frames
+    loss3 = PooledEvents(4, 3, top_frames=3)
+    loss8 = PooledEvents(4, 3, top_frames=8)
+    assert float(loss3(logits, targets)) < 0.1  # three confident frames are enough
+    assert float(loss8(logits, targets)) > 0.5  # asking all eight is not what a clip says
+    # the quiet dog frames are not told to be dog, nor to be "not background"
+    quiet = logits.clone()
+    quiet[0, 2:4, 0] = -9.0
+    quiet[0, 2:4, 3] = 9.0
+    assert float(loss3(quiet, targets)) == pytest.approx(float(loss3(logits, targets)), abs=1e-6)
+    # but background frames that fire are (and the hardest of them count extra)
+    noisy = logits.clone()
+    noisy[1, 5, 0] = 6.0
+    hard = PooledEvents(4, 3, top_frames=3, hard_weight=1.0, hard_fraction=0.05)
+    assert float(loss3(noisy, targets)) > float(loss3(logits, targets)) + 0.2
+    assert float(hard(noisy, targets)) > float(loss3(noisy, targets)) + 1.0

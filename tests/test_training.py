@@ -502,7 +502,7 @@ def test_a_run_with_mining_and_long_background_records_the_rounds(
 ) -> None:
     config = _tiny_config(
         tiny_manifest, tmp_path, epochs=3, lr=1e-2, mining_every=1, mining_threshold=0.0,
-        hard_negative_weight=1.0,
+        hard_negative_weight=1.0, hard_negative_from_epoch=1, class_weight_power=0.5,
     )  # fmt: skip
     whole = config.to_dict()
     whole["augment"].update(
@@ -510,6 +510,7 @@ def test_a_run_with_mining_and_long_background_records_the_rounds(
         freq_masks=1, time_masks=1,
     )  # fmt: skip
     whole["model"]["output"] = "sigmoid"
+    whole["optim"]["event_top_frames"] = 5  # the pooled-event loss
     result = train(TrainConfig.from_dict(whole), progress=False)
     history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
     assert "mining" not in history[0]  # the first round comes after an epoch of training

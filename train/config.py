@@ -229,6 +229,10 @@ class OptimConfig:
     """The hardest-background term starts at this epoch and reaches its weight over
     HARD_NEGATIVE_RAMP_EPOCHS epochs (from the start it kept a model from learning what events
     are: every event-like background frame outweighed the events)."""
+    event_top_frames: int = 0
+    """One-vs-rest models: 0 = every active frame of an event clip is that event; k > 0 = only
+    the mean of the event's k most confident frames must fire (train.losses.PooledEvents: clip
+    labels are weak, and the quiet stretches between barks are not barks)."""
     class_weight_power: float = 1.0
     """'weighted_ce': the power of the inverse-frequency class weights (1 = the published
     baseline's N / (C n_c); 0.5 = their square root; 0 = none)."""
@@ -318,6 +322,13 @@ class TrainConfig:
             raise ConfigError(
                 "optim.hard_negative_fraction must be in (0, 1], got "
                 f"{self.optim.hard_negative_fraction}"
+            )
+        if self.optim.event_top_frames < 0 or (
+            self.optim.event_top_frames and self.model.output != "sigmoid"
+        ):
+            raise ConfigError(
+                "optim.event_top_frames must be >= 0, and > 0 only with model.output = "
+                f"'sigmoid'; got {self.optim.event_top_frames} with {self.model.output!r}"
             )
         if not 0.0 < self.optim.mining_top <= 1.0:
             raise ConfigError(f"optim.mining_top must be in (0, 1], got {self.optim.mining_top}")

@@ -22,6 +22,7 @@ __all__ = [
     "ClusterCentroidLoss",
     "FocalLoss",
     "HardNegatives",
+    "PooledEvents",
     "LogitAdjustedLoss",
     "check_finite",
     "class_balanced_weights",
@@ -507,6 +508,87 @@ class HardNegatives(nn.Module):
         per_frame = self.base.per_frame(logits[negative], targets[negative])  # type: ignore[operator]
         k = max(1, math.ceil(self.fraction * per_frame.numel()))
         return loss + self.weight * per_frame.topk(k).values.mean()
+
+
+class PooledEvents(nn.Module):
+    """One-vs-rest loss for weakly labelled events: an event must fire on its best frames, not
+    on every frame of its clip; background must fire on none (a max-pooling, or
+    multiple-instance, loss, as small keyword spotters are trained).
+
+    Takes whole sequences: logits (B, T, C) and frame targets (B, T) (``IGNORE`` = unscored).
+
+    - Frame term: binary cross-entropy of every scored (frame, class) pair, each frame weighted
+      by its class's weight, except the pairs an event's own frames would assert: "this frame
+      is class c" (for c = its event) and "this frame is not background". A clip label says
+      the event is somewhere in those frames, not that each one of them is it.
+    - Event term: per sequence with event c, the mean of the ``top_frames`` highest logits of
+      column c over the frames labelled c must be positive (binary cross-entropy against 1);
+      each class's sequences weighted alike.
+    - Optionally the hardest background frames (``hard_fraction``, ``hard_weight``), as
+      :class:`HardNegatives` adds them.
+    """
+
+    sequence_level = True
+    weight: torch.Tensor | None
+
+    def __init__(
+        self,
+        num_classes: int,
+        background_index: int,
+        *,
+        top_frames: int,
+        weight: torch.Tensor | None = None,
+        hard_fraction: float = 0.05,
+        hard_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if top_frames < 1:
+            raise TrainingError(f"top_frames must be >= 1, got {top_frames}")
+        self.num_classes, self.background_index = num_classes, background_index
+        self.top_frames = top_frames
+        self.hard_fraction, self.hard_weight = hard_fraction, hard_weight
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        scored = targets >= 0  # (B, T)
+        safe = targets.clamp_min(0)
+        onehot = F.one_hot(safe, self.num_classes).to(logits.dtype)  # (B, T, C)
+        bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+        is_event = scored & (safe != self.background_index)  # (B, T)
+        own = onehot.bool() & is_event[..., None]  # an event frame's own column
+        own[..., self.background_index] |= is_event  # ... and "not background"
+        keep = scored[..., None] & ~own
+        w = self.weight[safe] if self.weight is not None else torch.ones_like(safe, dtype=bce.dtype)
+        w = w * scored
+        frame_term = (bce * keep * w[..., None]).sum() / w.sum().clamp_min(1e-12)
+        loss = frame_term + self._events(logits, safe, is_event)
+        if self.hard_weight > 0:
+            negative = scored & (safe == self.background_index)
+            if negative.any():
+                per_frame = bce[negative].sum(1)
+                k = max(1, math.ceil(self.hard_fraction * per_frame.numel()))
+                loss = loss + self.hard_weight * per_frame.topk(k).values.mean()
+        return loss
+
+    def _events(
+        self, logits: torch.Tensor, safe: torch.Tensor, is_event: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over event classes of the mean over their sequences of BCE(pooled logit, 1)."""
+        terms = []
+        for c in range(self.num_classes):
+            if c == self.background_index:
+                continue
+            frames = is_event & (safe == c)  # (B, T)
+            rows = frames.any(1)
+            if not rows.any():
+                continue
+            column = logits[rows][..., c].masked_fill(~frames[rows], -math.inf)  # (b, T)
+            k = min(self.top_frames, column.shape[1])
+            top = column.topk(k, dim=1).values  # (b, k), -inf where an event is shorter
+            finite = torch.isfinite(top)
+            pooled = torch.where(finite, top, 0.0).sum(1) / finite.sum(1).clamp_min(1)
+            terms.append(F.binary_cross_entropy_with_logits(pooled, torch.ones_like(pooled)))
+        return torch.stack(terms).mean() if terms else logits.sum() * 0.0
 
 
 def classification_loss(

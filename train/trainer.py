@@ -68,9 +68,11 @@ from train.evaluate import (
 from train.losses import (
     ClusterCentroidLoss,
     HardNegatives,
+    PooledEvents,
     check_finite,
     class_balanced_weights,
     classification_loss,
+    inverse_frequency_weights,
 )
 from train.mining import background_peaks, mining_weights
 from train.models import CentroidHead, CNNClassifier, Network, StreamingLSTM, build_model
@@ -291,6 +293,19 @@ def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: P
         ),
         weight_power=opt.class_weight_power,
     )
+    if opt.event_top_frames and not clip_level:
+        frame_loss = PooledEvents(
+            len(data.labels),
+            bg,
+            top_frames=opt.event_top_frames,
+            weight=(
+                inverse_frequency_weights(frame_counts, opt.class_weight_power)
+                if (opt.classifier_loss if opt.method == "cluster" else opt.method) == "weighted_ce"
+                else None
+            ),
+            hard_fraction=opt.hard_negative_fraction,
+            hard_weight=opt.hard_negative_weight,
+        )
     net: torch.nn.Module = _EmbedAndClassify(model)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
@@ -425,7 +440,9 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
         where = f"{b_index} of epoch {epoch + 1}"
         check_finite(emb, "an embedding", step=loop.step, batch=where)
         mask = y != IGNORE
-        if loop.stage != 1:
+        if loop.stage != 1 and getattr(loop.frame_loss, "sequence_level", False):
+            loss = loop.frame_loss(logits, y)  # whole sequences (PooledEvents)
+        elif loop.stage != 1:
             loss = loop.frame_loss(logits[mask], y[mask])
         else:  # the classifier waits; zero keeps its parameters in DDP's graph
             loss = 0.0 * logits.sum()
@@ -489,9 +506,12 @@ def _ramp_hard_negatives(loop: _Loop, epoch: int) -> None:
     epoch``, then rising linearly to ``optim.hard_negative_weight`` over
     :data:`HARD_NEGATIVE_RAMP_EPOCHS` epochs."""
     opt = loop.config.optim
+    ramp = (epoch - opt.hard_negative_from_epoch + 1) / HARD_NEGATIVE_RAMP_EPOCHS
+    weight = opt.hard_negative_weight * min(1.0, max(0.0, ramp))
     if isinstance(loop.frame_loss, HardNegatives):
-        ramp = (epoch - opt.hard_negative_from_epoch + 1) / HARD_NEGATIVE_RAMP_EPOCHS
-        loop.frame_loss.weight = opt.hard_negative_weight * min(1.0, max(0.0, ramp))
+        loop.frame_loss.weight = weight
+    elif isinstance(loop.frame_loss, PooledEvents):
+        loop.frame_loss.hard_weight = weight
 
 
 def _mine(loop: _Loop, epoch: int) -> None:
