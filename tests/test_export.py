@@ -391,3 +391,13 @@ def test_crafted_checkpoint_is_refused_without_running_its_code(tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "names posix.system" in result.stderr and "refused without running" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_frequency_front_exports_with_parity_at_every_length(tmp_path: Path) -> None:
+    config = ModelConfig(
+        n_mels=40, num_classes=4, hidden_size=16, embedding_dim=8, front_channels=4
+    )
+    checkpoint = _checkpoint(tmp_path / "front.pt", _model(config, seed=3))
+    path, report, _ = export_checkpoint(checkpoint, tmp_path / "front.onnx")
+    assert report.passed and report.worst < 1e-4, report.format()
+    assert load_model(path).num_classes == 4

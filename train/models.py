@@ -59,6 +59,11 @@ class ModelConfig:
     ``optim.method = "cluster"``)."""
     head_clusters: list[int] = field(default_factory=list)
     """'centroid' head: prototypes per class, in label order (the loss's clusters per class)."""
+    front_channels: int = 0
+    """LSTM only: 0 = log-mel frames straight into the LSTM; c > 0 = a small convolutional front
+    over each frame's mel bands first (two 1-D convolutions of c channels with pooling, then a
+    projection): spectral shapes (harmonics, formants, broadband bursts) learnt once, for the
+    LSTM to follow in time. Per frame, so streaming needs no extra state."""
     output: str = "softmax"
     """'softmax' (one distribution over the classes, background included: every frame is *some*
     class) or 'sigmoid' (one independent probability per class, one-vs-rest: a frame may be
@@ -82,6 +87,10 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.front_channels, int) or self.front_channels < 0:
+            raise ConfigError(
+                f"model front_channels must be an integer >= 0, got {self.front_channels!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -178,6 +187,27 @@ def probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
     return torch.sigmoid(logits) if output == "sigmoid" else torch.softmax(logits, dim=-1)
 
 
+class FrequencyFront(nn.Module):
+    """Per-frame convolutions over the mel axis: (B, T, F) -> (B, T, out_features)."""
+
+    def __init__(self, n_mels: int, channels: int, out_features: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(1, channels, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(channels, channels, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+        )
+        self.project = nn.Linear(channels * (n_mels // 4), out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, frames, bands = x.shape
+        y = self.conv(x.reshape(batch * frames, 1, bands))  # (B*T, ch, F/4)
+        return torch.relu(self.project(y.reshape(batch, frames, -1)))
+
+
 class StreamingLSTM(nn.Module):
     """Unidirectional LSTM: frames (B, T, F) -> per-frame embeddings (B, T, E) and logits (B, T, C).
 
@@ -188,6 +218,11 @@ class StreamingLSTM(nn.Module):
         super().__init__()
         self.config = config
         self.norm = FeatureNorm(config.n_mels)
+        self.front = (
+            FrequencyFront(config.n_mels, config.front_channels, config.n_mels)
+            if config.front_channels
+            else nn.Identity()
+        )
         self.lstm = nn.LSTM(
             config.n_mels,
             config.hidden_size,
@@ -212,7 +247,7 @@ class StreamingLSTM(nn.Module):
         """Per-frame embeddings (B, T, E) and the final state (h, c)."""
         if h is None or c is None:
             h, c = self.initial_state(features.shape[0])
-        out, (h_out, c_out) = self.lstm(self.norm(features), (h, c))  # (B, T, H)
+        out, (h_out, c_out) = self.lstm(self.front(self.norm(features)), (h, c))  # (B, T, H)
         return self.project(out), h_out, c_out
 
     def forward(
