@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("soundfile")
 
 from edge_detect.cli import main  # noqa: E402
-from train.datasets import label_counts, load_manifest, split_by_group, take_evenly  # noqa: E402
+from train.datasets import label_counts, load_manifest, take_evenly  # noqa: E402
+from train.splits import split_by_group  # noqa: E402
 
 pytestmark = pytest.mark.corpus
 

@@ -23,10 +23,9 @@ from train.datasets import (  # noqa: E402
     load_folder_per_class,
     load_manifest,
     load_urbansound8k,
-    split_by_fold,
-    split_by_group,
     take_evenly,
 )
+from train.splits import split_by_fold, split_by_group  # noqa: E402
 
 RATE_HZ = 16_000
 SPLIT_SEEDS = range(50)

@@ -12,6 +12,7 @@ sequences (:func:`mining_weights`), as openWakeWord does with its false positive
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,15 +22,28 @@ import torch
 from edge_detect.features import log_mel
 from train.config import TrainConfig
 from train.evaluate import SMOOTHING_MS
+from train.losses import HardNegatives, PooledEvents
 from train.models import StreamingLSTM, probabilities
-from train.sequences import ClipAudio
+from train.run_state import RunState
+from train.sequences import ClipAudio, SequenceBuilder
 
-__all__ = ["MINING_STREAM_S", "background_peaks", "mining_weights"]
+__all__ = [
+    "HARD_NEGATIVE_RAMP_EPOCHS",
+    "MINING_STREAM_S",
+    "background_peaks",
+    "mining_round",
+    "mining_weights",
+    "ramp_hard_negatives",
+]
+
+log = logging.getLogger("train.trainer")  # the trainer's log: one place to read a run
 
 MINING_STREAM_S = 60.0
 """Length of each stream the background clips are joined into, in s."""
 STREAMS_PER_BATCH = 8
 """Streams run through the model together."""
+HARD_NEGATIVE_RAMP_EPOCHS = 3
+"""Epochs over which the hardest-background term reaches its weight."""
 
 
 @torch.no_grad()
@@ -109,3 +123,47 @@ def mining_weights(
     cut = np.quantile(columns, 1.0 - top, axis=0, method="higher") if top < 1.0 else -np.inf
     fired = np.asarray(((columns >= threshold) & (columns >= cut)).any(axis=1), dtype=bool)
     return np.asarray(1.0 + boost * fired, dtype=np.float64), fired
+
+
+def ramp_hard_negatives(loop: RunState, epoch: int) -> None:
+    """The hardest-background term's weight this epoch: 0 before ``optim.hard_negative_from_
+    epoch``, then rising linearly to ``optim.hard_negative_weight`` over
+    :data:`HARD_NEGATIVE_RAMP_EPOCHS` epochs."""
+    opt = loop.config.optim
+    ramp = (epoch - opt.hard_negative_from_epoch + 1) / HARD_NEGATIVE_RAMP_EPOCHS
+    weight = opt.hard_negative_weight * min(1.0, max(0.0, ramp))
+    if isinstance(loop.frame_loss, HardNegatives):
+        loop.frame_loss.weight = weight
+    elif isinstance(loop.frame_loss, PooledEvents):
+        loop.frame_loss.hard_weight = weight
+
+
+def mining_round(loop: RunState, epoch: int) -> None:
+    """A hard-negative mining round (:mod:`train.mining`) before ``epoch``, when one is due."""
+    opt = loop.config.optim
+    stream_model = loop.stream_model
+    if not opt.mining_every or stream_model is None or loop.stage == 1:
+        return
+    if not isinstance(loop.builder, SequenceBuilder):  # the shipped background: no clips
+        return
+    if epoch == 0 or epoch % opt.mining_every:
+        return
+    bg = loop.data.background_index
+    peaks = background_peaks(stream_model, loop.builder.backgrounds, loop.config, opt.seed + epoch)
+    events = [c for c in range(len(loop.data.labels)) if c != bg]
+    weights, fired = mining_weights(
+        peaks, events, threshold=opt.mining_threshold, boost=opt.mining_boost, top=opt.mining_top
+    )
+    loop.background_weights = weights
+    loop.builder.set_background_weights(weights)
+    per_class = {
+        loop.data.labels[c]: int((peaks[:, c] >= opt.mining_threshold).sum()) for c in events
+    }
+    loop.mined = {"epoch": epoch, "fired": int(fired.sum()), "per_class": per_class}
+    log.info(
+        "mining before epoch %d: %d of %d training background clips fire %s",
+        epoch + 1,
+        int(fired.sum()),
+        len(fired),
+        per_class,
+    )

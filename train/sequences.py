@@ -38,8 +38,10 @@ __all__ = [
     "collate",
     "collate_crops",
     "crop_frames",
+    "feature_stats",
     "frame_activity",
     "room_impulse",
+    "spec_augment",
 ]
 
 IGNORE = -100
@@ -339,3 +341,36 @@ def crop_frames(config: TrainConfig) -> int:
     feat = config.features
     samples = int(config.augment.event_max_s * feat.sample_rate_hz) // feat.hop_samples
     return max(8, feat.num_frames(max(feat.window_samples, samples * feat.hop_samples)))
+
+
+def spec_augment(
+    x: torch.Tensor, fill: torch.Tensor, config: TrainConfig, rng: np.random.Generator
+) -> None:
+    """SpecAugment in place on features (B, T, F): ``augment.freq_masks`` bands and
+    ``augment.time_masks`` stretches per sequence set to the training mean (``fill`` (F,)),
+    which the model's normaliser maps to zero."""
+    aug = config.augment
+    batch, frames, bands = x.shape
+    longest = max(1, round(aug.time_mask_ms / config.features.hop_ms))
+    for b in range(batch):
+        for _ in range(aug.freq_masks):
+            width = int(rng.integers(1, aug.freq_mask_bands + 1))
+            first = int(rng.integers(0, max(1, bands - width + 1)))
+            x[b, :, first : first + width] = fill[first : first + width]
+        for _ in range(aug.time_masks):
+            width = int(rng.integers(1, longest + 1))
+            first = int(rng.integers(0, max(1, frames - width + 1)))
+            x[b, first : first + width, :] = fill
+
+
+def feature_stats(
+    builder: SequenceBuilder, n: int, seed: int, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Per-band mean and std of the features of ``n`` training sequences, and their frame
+    targets per class (background dominates frames, whatever the clip counts)."""
+    rng = np.random.default_rng([seed, 999])
+    built = [builder.build(int(i), rng) for i in rng.integers(len(builder.clips), size=n)]
+    feats = np.concatenate([f for f, _ in built])
+    targets = np.concatenate([t for _, t in built])
+    frame_counts = [max(1, int((targets == c).sum())) for c in range(num_classes)]
+    return torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), frame_counts

@@ -5,18 +5,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edge_detect.errors import DatasetError
 from train.cache import FeatureCache
 from train.config import TrainConfig
-from train.datasets import Clip, load_manifest, source_kind, split_by_group
+from train.datasets import Clip, label_counts, load_manifest, some_of, source_kind
 from train.sequences import ClipAudio, frame_activity
 
-__all__ = ["Dataset", "load_dataset", "ratio_subset", "split_clips"]
+__all__ = [
+    "Dataset",
+    "Split",
+    "load_dataset",
+    "ratio_subset",
+    "split_by_fold",
+    "split_by_group",
+    "split_clips",
+]
 
 
 @dataclass
@@ -174,3 +182,147 @@ def ratio_subset(
         for c in rng.sample(by_label[label], unit * r)
     }
     return [c for c in clips if id(c) in chosen]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Clips of the training, validation and test sets (test may be empty)."""
+
+    train: list[Clip]
+    val: list[Clip]
+    test: list[Clip]
+
+    def parts(self) -> dict[str, list[Clip]]:
+        """``{"train": ..., "val": ..., "test": ...}``."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def shared_groups(self) -> set[str]:
+        """Groups that occur in more than one part (empty for a correct split)."""
+        seen: dict[str, set[str]] = defaultdict(set)
+        for name, clips in self.parts().items():
+            for clip in clips:
+                seen[clip.group].add(name)
+        return {group for group, names in seen.items() if len(names) > 1}
+
+
+def split_by_group(
+    clips: Sequence[Clip],
+    *,
+    val_fraction: float,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> Split:
+    """Split by recording: every group goes whole to train, val or test.
+
+    Stratified by label: each group belongs to its most frequent label; per label, groups are
+    shuffled (by ``seed``) and handed to test, then val, while that brings the part's share of
+    the label's clips closer to its fraction. The first group of each label always goes to a
+    held-out part and the last one to train, so a label with at least three groups appears in all
+    three parts (with two groups, in train and test, or train and val).
+
+    Parameters
+    ----------
+    val_fraction, test_fraction : float
+        Target share of each label's clips, each in [0, 1), sum below 1.
+    seed : int
+        Same seed and clips, same split.
+
+    Returns
+    -------
+    Split, each part in the input order.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise DatasetError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise DatasetError(
+            f"val_fraction + test_fraction must be below 1 to leave clips for training, got "
+            f"{val_fraction} + {test_fraction}"
+        )
+    if not clips:
+        raise DatasetError("cannot split an empty list of clips")
+    members: dict[str, list[Clip]] = defaultdict(list)
+    for clip in clips:
+        members[clip.group].append(clip)
+    groups_of_label: dict[str, list[str]] = defaultdict(list)
+    for group in sorted(members):
+        counts = label_counts(members[group])
+        # most frequent label; ties go to the alphabetically first one, for determinism
+        primary = min(counts, key=lambda label: (-counts[label], label))
+        groups_of_label[primary].append(group)
+    rng = random.Random(seed)
+    holdouts = [(name, f) for name, f in (("test", test_fraction), ("val", val_fraction)) if f > 0]
+    assignment: dict[str, str] = {}
+    for label in sorted(groups_of_label):
+        groups = groups_of_label[label]
+        rng.shuffle(groups)
+        total = sum(len(members[g]) for g in groups)
+        taken = {name: 0 for name, _ in holdouts}
+        train_has_one = False
+        for index, group in enumerate(groups):
+            size = len(members[group])
+            part = "train"
+            last = index == len(groups) - 1
+            if not (last and not train_has_one):
+                for name, fraction in holdouts:
+                    target = fraction * total
+                    if taken[name] == 0 or abs(taken[name] + size - target) < abs(
+                        taken[name] - target
+                    ):
+                        part = name
+                        break
+            if part == "train":
+                train_has_one = True
+            else:
+                taken[part] += size
+            assignment[group] = part
+    parts: dict[str, list[Clip]] = {"train": [], "val": [], "test": []}
+    for clip in clips:
+        parts[assignment[clip.group]].append(clip)
+    return Split(**parts)
+
+
+def split_by_fold(
+    clips: Sequence[Clip],
+    *,
+    val_folds: Collection[str],
+    test_folds: Collection[str] = (),
+    allow_shared_groups: bool = False,
+) -> Split:
+    """Split by the dataset's own folds: ``val_folds`` to val, ``test_folds`` to test, the rest
+    to train.
+
+    Raises
+    ------
+    DatasetError
+        Folds named twice or absent from the clips, clips without a fold, or (unless
+        ``allow_shared_groups``) a group that the folds put in more than one part.
+    """
+    val_set, test_set = {str(f) for f in val_folds}, {str(f) for f in test_folds}
+    if not val_set:
+        raise DatasetError("split_by_fold needs at least one validation fold")
+    if val_set & test_set:
+        raise DatasetError(f"fold(s) {sorted(val_set & test_set)} are both val and test folds")
+    no_fold = [clip.path for clip in clips if clip.fold is None]
+    if no_fold:
+        raise DatasetError(
+            f"{len(no_fold)} clip(s) have no fold, e.g. {some_of(no_fold)}; "
+            "split them by group instead (split_by_group)"
+        )
+    present = {clip.fold for clip in clips if clip.fold is not None}
+    absent = sorted((val_set | test_set) - present)
+    if absent:
+        raise DatasetError(f"fold(s) {absent} do not occur; the clips have folds {sorted(present)}")
+    parts: dict[str, list[Clip]] = {"train": [], "val": [], "test": []}
+    for clip in clips:
+        part = "val" if clip.fold in val_set else "test" if clip.fold in test_set else "train"
+        parts[part].append(clip)
+    split = Split(**parts)
+    shared = sorted(split.shared_groups())
+    if shared and not allow_shared_groups:
+        raise DatasetError(
+            f"{len(shared)} group(s) span several of these folds, e.g. {some_of(shared)}: "
+            "chunks of one recording would sit on both sides of the split. Use split_by_group, "
+            "or pass allow_shared_groups=True if the folds are meant that way"
+        )
+    return split

@@ -37,7 +37,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from edge_detect.errors import CheckpointError, DatasetError
+from edge_detect.errors import DatasetError
 from train.background_bank import sequence_builder, validation_negatives
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import save_checkpoint
 from train.cluster_stage import (
     drain,
     embeddings_for_fit,
@@ -67,121 +66,45 @@ from train.evaluate import (
 )
 from train.losses import (
     ClusterCentroidLoss,
-    HardNegatives,
     PooledEvents,
     check_finite,
     class_balanced_weights,
     classification_loss,
     inverse_frequency_weights,
 )
-from train.mining import background_peaks, mining_weights
-from train.models import CentroidHead, CNNClassifier, Network, StreamingLSTM, build_model
+from train.mining import mining_round, ramp_hard_negatives
+from train.models import CentroidHead, CNNClassifier, Network, build_model
 from train.plots import embedding_plot, training_plots
-from train.sequences import IGNORE, SequenceBuilder, collate, collate_crops
+from train.run_state import (
+    BEST_NAME,
+    LAST_NAME,
+    RunResult,
+    RunState,
+    copy_state,
+    json_default,
+    lr_factor,
+    payload,
+    resume_state,
+    save_last,
+)
+from train.sequences import (
+    IGNORE,
+    collate,
+    collate_crops,
+    feature_stats,
+    spec_augment,
+)
 from train.splits import Dataset, load_dataset
 
 __all__ = ["BEST_NAME", "LAST_NAME", "RunResult", "train"]
 
 log = logging.getLogger(__name__)
 
-LAST_NAME, BEST_NAME = "checkpoint_last.pt", "checkpoint.pt"
 VAL_SEQUENCE_SEED = 12345
-HARD_NEGATIVE_RAMP_EPOCHS = 3
-"""Epochs over which the hardest-background term reaches its weight."""
 LONG_BACKGROUND = -1
 """Index of a long event-free sequence in an epoch's order (clips have indices >= 0)."""
 FEATURE_STATS_SEQUENCES = 300
 """Training sequences whose features give the model's per-band normalisation statistics."""
-
-
-@dataclass
-class RunResult:
-    """Where a run wrote its results, and its headline numbers."""
-
-    run_dir: Path
-    checkpoint: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-    test_clips: list[dict[str, Any]] = field(default_factory=list)
-    """Per test clip: group, target, predicted class and probabilities (for bootstraps)."""
-
-
-@dataclass
-class _Loop:
-    """What the epochs share: data, model, losses, and the state of the schedule."""
-
-    config: TrainConfig
-    data: Dataset
-    model: Network
-    net: torch.nn.Module
-    builder: Any
-    """A :class:`train.sequences.SequenceBuilder` (or the shipped background's builder)."""
-    val_sequences: list[Any]
-    val_owner: list[int]
-    """The class of each validation sequence (its clip's, background for extra negatives)."""
-    frame_loss: torch.nn.Module
-    cluster_loss: ClusterCentroidLoss | None
-    mean_clips: list[Any]
-    rank: int
-    world: int
-    run_dir: Path
-    stage: int = 0
-    """0: a baseline's only stage; 1 and 2: the cluster method's embedding and classifier stages."""
-    stage_start: int = 0
-    """First epoch of the current stage."""
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"score": math.inf})
-    """Best epoch of the final stage (0 or 2): score, epoch, model_state."""
-    best_embedding: dict[str, Any] = field(default_factory=lambda: {"score": math.inf})
-    """Best epoch of the embedding stage: score, epoch, model_state, cluster_state."""
-    bad_epochs: int = 0
-    """Epochs since the current stage's best."""
-    split_epoch: int = 0
-    """Epoch after which the cluster loss split the classes into clusters (0: not yet)."""
-    optimiser: torch.optim.Optimizer | None = None
-    reservoir: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    """The epoch's recent embeddings per class, for the warm re-fits of the centroids."""
-    background_weights: npt.NDArray[np.float64] | None = None
-    """How often each training background clip is drawn (hard-negative mining); None: evenly."""
-    mined: dict[str, Any] | None = None
-    """The latest mining round's figures, for the next epoch's record."""
-
-    @property
-    def stream_model(self) -> StreamingLSTM | None:
-        return self.model if isinstance(self.model, StreamingLSTM) else None
-
-    def budget(self) -> int:
-        """Epochs the current stage may run at most."""
-        opt = self.config.optim
-        if self.stage == 1:
-            return opt.embed_epochs
-        return opt.epochs - self.stage_start
-
-    def long_batch_size(self) -> int:
-        """Long event-free sequences per batch: about as many frames as a batch of clips'."""
-        aug = self.config.augment
-        typical_s = aug.event_max_s + aug.context_min_s + aug.context_max_s
-        return max(1, round(self.config.optim.batch_size * typical_s / aug.background_seq_s))
-
-    def batches_per_epoch(self) -> int:
-        opt = self.config.optim
-        items = self.data.parts["train"]
-        backgrounds = sum(c.target == self.data.background_index for c in items)
-        events = len(items) - backgrounds
-        per_epoch_bg = min(opt.background_per_epoch or backgrounds, backgrounds)
-        batches = math.ceil((events + per_epoch_bg) // self.world / opt.batch_size)
-        if self.stream_model is not None:
-            longs = self.config.augment.background_seq_per_epoch // self.world
-            batches += longs // self.long_batch_size()
-        return batches
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 5% at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _optimiser(model: Network, config: TrainConfig, stage: int) -> torch.optim.Optimizer:
@@ -198,19 +121,6 @@ def _optimiser(model: Network, config: TrainConfig, stage: int) -> torch.optim.O
             {"params": head, "lr": opt.lr, "scale": 1.0},
         ]
     return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
-
-
-def _feature_stats(
-    builder: SequenceBuilder, n: int, seed: int, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Per-band mean and std of the features of ``n`` training sequences, and their frame
-    targets per class (background dominates frames, whatever the clip counts)."""
-    rng = np.random.default_rng([seed, 999])
-    built = [builder.build(int(i), rng) for i in rng.integers(len(builder.clips), size=n)]
-    feats = np.concatenate([f for f, _ in built])
-    targets = np.concatenate([t for _, t in built])
-    frame_counts = [max(1, int((targets == c).sum())) for c in range(num_classes)]
-    return torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), frame_counts
 
 
 class _EmbedAndClassify(torch.nn.Module):
@@ -230,7 +140,7 @@ class _EmbedAndClassify(torch.nn.Module):
         return emb, self.model.classifier(self.model.dropout(emb))
 
 
-def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: Path) -> _Loop:
+def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: Path) -> RunState:
     """Sequences, model, losses and the first stage of a run."""
     opt = config.optim
     bg = data.background_index
@@ -270,7 +180,7 @@ def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: P
             )
     model = build_model(model_config)
     clip_level = isinstance(model, CNNClassifier)
-    mean, std, frame_counts = _feature_stats(
+    mean, std, frame_counts = feature_stats(
         builder, min(FEATURE_STATS_SEQUENCES, len(train_items)), opt.seed, len(data.labels)
     )
     model.norm.set_stats(mean, std)
@@ -309,7 +219,7 @@ def _setup(config: TrainConfig, data: Dataset, rank: int, world: int, run_dir: P
     net: torch.nn.Module = _EmbedAndClassify(model)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
-    loop = _Loop(
+    loop = RunState(
         config=config,
         data=data,
         model=model,
@@ -370,15 +280,15 @@ def train(
         # decided at the start of an epoch, from saved state, so a resumed run decides the same
         if loop.stage == 1 and agree(rank == 0 and _embedding_stage_over(loop, epoch), world):
             _start_classifier_stage(loop, epoch)
-        _mine(loop, epoch)
-        _ramp_hard_negatives(loop, epoch)
+        mining_round(loop, epoch)
+        ramp_hard_negatives(loop, epoch)
         losses = _train_epoch(loop, epoch, progress)
         _maintain_clusters(loop, epoch)
         stop = agree(time_limit_s is not None and time.monotonic() - started > time_limit_s, world)
         if rank == 0:
             record = _validate(loop, epoch, losses, time.monotonic() - started)
             _track_best(loop, record)
-            _save_last(loop, run_dir, epoch)
+            save_last(loop, run_dir, epoch)
         patience_over = rank == 0 and loop.stage != 1 and _out_of_patience(loop)
         if stop:
             log.warning("time limit of %.0f s reached after epoch %d", time_limit_s, epoch + 1)
@@ -387,7 +297,7 @@ def train(
     return _finish(loop, run_dir, epoch, started)
 
 
-def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
+def _train_epoch(loop: RunState, epoch: int, progress: bool) -> list[float]:
     """One epoch of the current stage; the per-batch losses."""
     opt = loop.config.optim
     assert loop.optimiser is not None
@@ -431,9 +341,9 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
             x, y = collate_crops([loop.builder.crop(i, rng) for i in chunk])
         else:
             x, y = collate([_sequence(loop, i, rng) for i in chunk])
-            _spec_augment(x, loop.model.norm.mean, loop.config, rng)
+            spec_augment(x, loop.model.norm.mean, loop.config, rng)
         in_stage = (epoch - loop.stage_start) * loop.batches_per_epoch() + b_index
-        factor = _lr_factor(in_stage, stage_steps, warmup)
+        factor = lr_factor(in_stage, stage_steps, warmup)
         for group in loop.optimiser.param_groups:
             group["lr"] = opt.lr * group["scale"] * factor
         emb, logits = loop.net(x)  # (B, T, E), (B, T, C); the CNN: (B, E), (B, C)
@@ -473,7 +383,7 @@ def _train_epoch(loop: _Loop, epoch: int, progress: bool) -> list[float]:
 
 
 def _sequence(
-    loop: _Loop, index: int, rng: np.random.Generator
+    loop: RunState, index: int, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Training sequence ``index`` of the epoch: around a clip, or a long event-free one."""
     if index == LONG_BACKGROUND:
@@ -481,71 +391,7 @@ def _sequence(
     return loop.builder.build(index, rng)
 
 
-def _spec_augment(
-    x: torch.Tensor, fill: torch.Tensor, config: TrainConfig, rng: np.random.Generator
-) -> None:
-    """SpecAugment in place on features (B, T, F): ``augment.freq_masks`` bands and
-    ``augment.time_masks`` stretches per sequence set to the training mean (``fill`` (F,)),
-    which the model's normaliser maps to zero."""
-    aug = config.augment
-    batch, frames, bands = x.shape
-    longest = max(1, round(aug.time_mask_ms / config.features.hop_ms))
-    for b in range(batch):
-        for _ in range(aug.freq_masks):
-            width = int(rng.integers(1, aug.freq_mask_bands + 1))
-            first = int(rng.integers(0, max(1, bands - width + 1)))
-            x[b, :, first : first + width] = fill[first : first + width]
-        for _ in range(aug.time_masks):
-            width = int(rng.integers(1, longest + 1))
-            first = int(rng.integers(0, max(1, frames - width + 1)))
-            x[b, first : first + width, :] = fill
-
-
-def _ramp_hard_negatives(loop: _Loop, epoch: int) -> None:
-    """The hardest-background term's weight this epoch: 0 before ``optim.hard_negative_from_
-    epoch``, then rising linearly to ``optim.hard_negative_weight`` over
-    :data:`HARD_NEGATIVE_RAMP_EPOCHS` epochs."""
-    opt = loop.config.optim
-    ramp = (epoch - opt.hard_negative_from_epoch + 1) / HARD_NEGATIVE_RAMP_EPOCHS
-    weight = opt.hard_negative_weight * min(1.0, max(0.0, ramp))
-    if isinstance(loop.frame_loss, HardNegatives):
-        loop.frame_loss.weight = weight
-    elif isinstance(loop.frame_loss, PooledEvents):
-        loop.frame_loss.hard_weight = weight
-
-
-def _mine(loop: _Loop, epoch: int) -> None:
-    """A hard-negative mining round (:mod:`train.mining`) before ``epoch``, when one is due."""
-    opt = loop.config.optim
-    stream_model = loop.stream_model
-    if not opt.mining_every or stream_model is None or loop.stage == 1:
-        return
-    if not isinstance(loop.builder, SequenceBuilder):  # the shipped background: no clips
-        return
-    if epoch == 0 or epoch % opt.mining_every:
-        return
-    bg = loop.data.background_index
-    peaks = background_peaks(stream_model, loop.builder.backgrounds, loop.config, opt.seed + epoch)
-    events = [c for c in range(len(loop.data.labels)) if c != bg]
-    weights, fired = mining_weights(
-        peaks, events, threshold=opt.mining_threshold, boost=opt.mining_boost, top=opt.mining_top
-    )
-    loop.background_weights = weights
-    loop.builder.set_background_weights(weights)
-    per_class = {
-        loop.data.labels[c]: int((peaks[:, c] >= opt.mining_threshold).sum()) for c in events
-    }
-    loop.mined = {"epoch": epoch, "fired": int(fired.sum()), "per_class": per_class}
-    log.info(
-        "mining before epoch %d: %d of %d training background clips fire %s",
-        epoch + 1,
-        int(fired.sum()),
-        len(fired),
-        per_class,
-    )
-
-
-def _maintain_clusters(loop: _Loop, epoch: int) -> None:
+def _maintain_clusters(loop: RunState, epoch: int) -> None:
     """The split once the encoder is warm, warm re-fits every ``refresh_epochs``."""
     cluster_loss, opt = loop.cluster_loss, loop.config.optim
     reservoir = loop.reservoir
@@ -568,7 +414,7 @@ def _maintain_clusters(loop: _Loop, epoch: int) -> None:
     reservoir.clear()
 
 
-def _validate(loop: _Loop, epoch: int, losses: list[float], elapsed_s: float) -> dict[str, Any]:
+def _validate(loop: RunState, epoch: int, losses: list[float], elapsed_s: float) -> dict[str, Any]:
     """Validation metrics of the epoch, and the score the stage is judged by (lower is better)."""
     config, labels = loop.config, loop.data.labels
     val_items = loop.data.parts["val"]
@@ -636,7 +482,7 @@ def _validate(loop: _Loop, epoch: int, losses: list[float], elapsed_s: float) ->
     return record
 
 
-def _track_best(loop: _Loop, record: dict[str, Any]) -> None:
+def _track_best(loop: RunState, record: dict[str, Any]) -> None:
     """Keep the stage's best epoch; count the epochs since it."""
     score = record["val_score"]
     if loop.stage == 1:
@@ -652,8 +498,8 @@ def _track_best(loop: _Loop, record: dict[str, Any]) -> None:
             loop.best_embedding = {
                 "score": score,
                 "epoch": record["epoch"],
-                "model_state": _copy(loop.model.state_dict()),
-                "cluster_state": _copy(loop.cluster_loss.state_dict()),
+                "model_state": copy_state(loop.model.state_dict()),
+                "cluster_state": copy_state(loop.cluster_loss.state_dict()),
             }
             loop.bad_epochs = 0
         else:
@@ -663,26 +509,26 @@ def _track_best(loop: _Loop, record: dict[str, Any]) -> None:
         loop.best = {
             "score": score,
             "epoch": record["epoch"],
-            "model_state": _copy(loop.model.state_dict()),
+            "model_state": copy_state(loop.model.state_dict()),
         }
         loop.bad_epochs = 0
     else:
         loop.bad_epochs += 1
 
 
-def _out_of_patience(loop: _Loop) -> bool:
+def _out_of_patience(loop: RunState) -> bool:
     """Has the current stage gone ``optim.patience`` epochs without a better score?"""
     patience = loop.config.optim.patience
     return bool(patience) and loop.bad_epochs >= patience
 
 
-def _embedding_stage_over(loop: _Loop, epoch: int) -> bool:
+def _embedding_stage_over(loop: RunState, epoch: int) -> bool:
     """Rank 0's view at the start of ``epoch``: has the embedding stage used its budget or run
     out of patience (counted from the split)?"""
     return epoch >= loop.config.optim.embed_epochs or _out_of_patience(loop)
 
 
-def _start_classifier_stage(loop: _Loop, epoch: int) -> None:
+def _start_classifier_stage(loop: RunState, epoch: int) -> None:
     """Stage 2 from the best stage-1 epoch: its weights and centroids, the head from them."""
     cluster_loss, opt = loop.cluster_loss, loop.config.optim
     assert cluster_loss is not None
@@ -705,41 +551,9 @@ def _start_classifier_stage(loop: _Loop, epoch: int) -> None:
     loop.optimiser = _optimiser(loop.model, loop.config, 2)
 
 
-def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in state.items()}
-
-
-def _save_last(loop: _Loop, run_dir: Path, epoch: int) -> None:
-    assert loop.optimiser is not None
-    save_checkpoint(
-        run_dir / LAST_NAME,
-        _payload(
-            loop,
-            loop.model.state_dict(),
-            resume={
-                "epoch": epoch + 1,
-                "step": loop.step,
-                "stage": loop.stage,
-                "stage_start": loop.stage_start,
-                "bad_epochs": loop.bad_epochs,
-                "split_epoch": loop.split_epoch,
-                "background_weights": loop.background_weights,
-                "optimizer_state": loop.optimiser.state_dict(),
-                "cluster_loss": (
-                    loop.cluster_loss.state_dict() if loop.cluster_loss is not None else None
-                ),
-                "cluster_fits": loop.cluster_loss.fits if loop.cluster_loss is not None else 0,
-                "history": loop.history,
-                "best": loop.best,
-                "best_embedding": loop.best_embedding,
-            },
-        ),
-    )
-
-
-def _resume(loop: _Loop, run_dir: Path) -> int:
+def _resume(loop: RunState, run_dir: Path) -> int:
     """Restore the loop from ``checkpoint_last.pt``; the first epoch still to run."""
-    state = _resume_state(run_dir / LAST_NAME, loop.config)
+    state = resume_state(run_dir / LAST_NAME, loop.config)
     saved = state["resume"]
     loop.model.load_state_dict(state["model_state"])
     loop.stage, loop.stage_start = saved["stage"], saved["stage_start"]
@@ -758,7 +572,7 @@ def _resume(loop: _Loop, run_dir: Path) -> int:
     return int(saved["epoch"])
 
 
-def _finish(loop: _Loop, run_dir: Path, epoch: int, started: float) -> RunResult:
+def _finish(loop: RunState, run_dir: Path, epoch: int, started: float) -> RunResult:
     """The best epoch's model: final metrics, test metrics, checkpoint, metrics.json, plots."""
     config, data = loop.config, loop.data
     labels, bg = data.labels, data.background_index
@@ -817,7 +631,7 @@ def _finish(loop: _Loop, run_dir: Path, epoch: int, started: float) -> RunResult
     metrics["wall_time_s"] = round(time.monotonic() - started, 1)
     checkpoint = run_dir / BEST_NAME
     sha = save_checkpoint(
-        checkpoint, _payload(loop, loop.model.state_dict(), metrics=metrics, **extra)
+        checkpoint, payload(loop, loop.model.state_dict(), metrics=metrics, **extra)
     )
     metrics["checkpoint_sha256"] = sha
     (run_dir / "metrics.json").write_text(
@@ -829,7 +643,7 @@ def _finish(loop: _Loop, run_dir: Path, epoch: int, started: float) -> RunResult
                 "config": config.to_dict(),
             },
             indent=2,
-            default=_json_default,
+            default=json_default,
         )
         + "\n",
         encoding="utf-8",
@@ -847,7 +661,7 @@ def _finish(loop: _Loop, run_dir: Path, epoch: int, started: float) -> RunResult
     return RunResult(run_dir, checkpoint, metrics, test_clips)
 
 
-def _test_metrics(loop: _Loop) -> dict[str, Any]:
+def _test_metrics(loop: RunState) -> dict[str, Any]:
     """Clip metrics on the test split, and frame metrics on its streaming sequences (LSTM)."""
     config, data = loop.config, loop.data
     labels, bg = data.labels, data.background_index
@@ -866,45 +680,6 @@ def _test_metrics(loop: _Loop) -> dict[str, Any]:
             loop.stream_model, test_sequences, [c.target for c in test_items], labels, bg, config
         )
     return out
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
-
-
-def _payload(loop: _Loop, state: dict[str, Any], **extra: Any) -> dict:
-    return {
-        "labels": loop.data.labels,
-        "model_config": loop.model.config.to_dict(),
-        "feature_config": loop.config.features.to_dict(),
-        "train_config": loop.config.to_dict(),
-        "model_state": state,
-        "data": loop.data.provenance,
-        **extra,
-    }
-
-
-def _resume_state(path: Path, config: TrainConfig) -> dict[str, Any]:
-    state = load_checkpoint(path)
-    if "resume" not in state:
-        raise CheckpointError(f"{path} holds no resume state; start without --resume")
-    saved = dict(state["train_config"])
-    current = config.to_dict()
-    saved["optim"] = {**saved["optim"], "epochs": current["optim"]["epochs"]}
-    if saved != current:
-        diff = sorted(
-            f"{section}.{key}"
-            for section in current
-            for key in current[section]
-            if saved.get(section, {}).get(key) != current[section][key]
-        )
-        raise CheckpointError(
-            f"cannot resume {path}: the config differs in {diff}; only optim.epochs may change. "
-            "Use the run's own config or start a new run folder"
-        )
-    return state
 
 
 def _bar(iterable: Any, enabled: bool, desc: str) -> Any:
