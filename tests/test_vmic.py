@@ -103,7 +103,19 @@ class Detector:
             self.seen.append(message)
             if what in (message.get("event"), message.get("class")):
                 return message
-        raise AssertionError(f"no {what!r} within {timeout} s; got {self.seen}")
+        raise AssertionError(
+            f"no {what!r} within {timeout} s; got {self.seen}; log:\n{self.log.read_text()}"
+        )
+
+    def wait_until_listening(self, timeout: float = 30) -> None:
+        """Until the microphone stream is open: 'started' comes before PortAudio opens it, and on
+        a cold machine opening took more than the 2 s the tests used to wait (CI, stop 18)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " open: " in self.log.read_text():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"microphone not open within {timeout} s:\n{self.log.read_text()}")
 
     def stop(self) -> str:
         """SIGINT, wait for the exit, collect the remaining lines; returns the stderr log."""
@@ -141,6 +153,7 @@ def test_event_played_into_the_virtual_microphone_alerts_once(vmic, tmp_path):
     )
     try:
         detector.wait_for("started", 30)
+        detector.wait_until_listening()
         # let the cold-start transient of the fixture model and the refractory time pass
         time.sleep(2.0)
         vmic.play(tone_wav(tmp_path / "tone.wav"))
@@ -165,6 +178,7 @@ def test_detector_recovers_when_the_audio_server_restarts(vmic, tmp_path):
     )  # fmt: skip
     try:
         detector.wait_for("started", 30)
+        detector.wait_until_listening()
         time.sleep(2.0)
         vmic.play(wav)
         detector.wait_for("baby_cry", 10)
@@ -198,6 +212,7 @@ def test_detector_survives_the_audio_server_stalling(vmic, tmp_path):
     assert vmic.server is not None
     try:
         detector.wait_for("started", 30)
+        detector.wait_until_listening()
         time.sleep(2.0)
         vmic.play(wav)
         detector.wait_for("baby_cry", 10)
@@ -247,6 +262,7 @@ def test_real_event_through_the_virtual_microphone_with_the_default_model(vmic, 
     detector = Detector(vmic.env, tmp_path / "stderr.log")
     try:
         detector.wait_for("started", 30)
+        detector.wait_until_listening()
         time.sleep(2.0)
         vmic.play(wav)
         detector.wait_for("gun_shot", 10)
