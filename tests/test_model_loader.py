@@ -25,6 +25,7 @@ from edge_detect.model import (
     LSTMState,
     StreamingModel,
     load_model,
+    score_problem,
 )
 
 onnx = pytest.importorskip("onnx")
@@ -379,3 +380,26 @@ def test_scores_out_of_range_are_refused_before_the_sum_rule() -> None:
     assert "nan" in str(score_problem(np.array([[np.nan, 1.0]], np.float32)))
     assert "inf" in str(score_problem(np.array([[np.inf, 0.0]], np.float32)))
     assert "-0.5" in str(score_problem(np.array([[-0.5, 1.5]], np.float32)))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [0.0, 0.5, 1.0],
+        [1.0 + 1e-6, -1e-6],  # rounding of a softmax: accepted
+        [0.2, 1.0 + 3e-6],
+        [-3e-6, 0.5],
+        [float("nan"), 0.5],
+        [0.5, float("nan")],
+        [float("inf")],
+        [-float("inf"), 0.1],
+        [float("nan"), float("inf")],
+    ],
+)
+def test_score_check_fast_path_agrees_with_its_definition(values: list[float]) -> None:
+    """score_problem's two-reduction good case is exactly 'every score finite and in range'."""
+    x = np.asarray(values, dtype=np.float32).reshape(1, -1)
+    low, high = np.float32(-1e-6), np.float32(1.0 + 1e-6)
+    good = bool(np.isfinite(x).all() and ((x >= low) & (x <= high)).all())
+    assert (score_problem(x) is None) == good
