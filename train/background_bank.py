@@ -264,6 +264,7 @@ class BankSequenceBuilder:
         return self.background_sequence(max(1, round(seconds * self.fps)), rng)
 
     def crop(self, index: int, rng: np.random.Generator, *, augment: bool = True) -> Any:
+        """Refused: the bank holds features, and the clip-level CNN needs audio."""
         raise DatasetError(
             "the shipped background serves the streaming LSTM only; the clip-level CNN needs "
             "background recordings of your own (a background/ sub-folder)"

@@ -76,6 +76,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

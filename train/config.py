@@ -267,112 +267,14 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        labels = self.data.labels
-        if not self.data.manifests:
-            raise ConfigError("data.manifests is empty; name at least one manifest CSV")
-        overlap = set(self.data.background_labels) & set(labels)
-        if overlap:
-            raise ConfigError(
-                f"data.background_labels {sorted(overlap)} are classes of data.labels; a label "
-                "is either a class or background"
-            )
-        if len(set(labels)) != len(labels) or len(labels) < 2:
-            raise ConfigError(f"data.labels must be at least 2 distinct names, got {labels}")
-        if self.data.background_label not in labels:
-            raise ConfigError(
-                f"data.background_label {self.data.background_label!r} is not in data.labels "
-                f"{labels}"
-            )
-        ratio = self.data.train_ratio
-        if ratio and (len(ratio) != len(labels) or min(ratio) < 1):
-            raise ConfigError(
-                f"data.train_ratio needs one positive integer per label {labels}, got {ratio}"
-            )
-        if self.model.num_classes != len(labels):
-            raise ConfigError(
-                f"model.num_classes={self.model.num_classes} but data.labels has {len(labels)} "
-                "names; leave model.num_classes out (it follows from the labels)"
-            )
-        if self.model.n_mels != self.features.n_mels:
-            raise ConfigError(
-                f"model.n_mels={self.model.n_mels} differs from features.n_mels="
-                f"{self.features.n_mels}; leave model.n_mels out"
-            )
-        if self.optim.method not in METHODS:
-            raise ConfigError(f"optim.method must be one of {METHODS}, got {self.optim.method!r}")
-        if self.optim.method == "cluster" and not 0 < self.optim.embed_epochs < self.optim.epochs:
-            raise ConfigError(
-                "optim.embed_epochs must be between 1 and optim.epochs - 1 for 'cluster', got "
-                f"{self.optim.embed_epochs} of {self.optim.epochs}"
-            )
-        if self.optim.classifier_loss not in BASELINE_METHODS:
-            raise ConfigError(
-                f"optim.classifier_loss must be one of {BASELINE_METHODS}, "
-                f"got {self.optim.classifier_loss!r}"
-            )
-        if self.optim.cluster_head not in HEADS:
-            raise ConfigError(
-                f"optim.cluster_head must be one of {HEADS}, got {self.optim.cluster_head!r}"
-            )
-        if self.optim.select_by not in ("error", "low_fp"):
-            raise ConfigError(
-                f"optim.select_by must be 'error' or 'low_fp', got {self.optim.select_by!r}"
-            )
-        if not 0.0 < self.optim.hard_negative_fraction <= 1.0:
-            raise ConfigError(
-                "optim.hard_negative_fraction must be in (0, 1], got "
-                f"{self.optim.hard_negative_fraction}"
-            )
-        if self.optim.event_top_frames < 0 or (
-            self.optim.event_top_frames and self.model.output != "sigmoid"
-        ):
-            raise ConfigError(
-                "optim.event_top_frames must be >= 0, and > 0 only with model.output = "
-                f"'sigmoid'; got {self.optim.event_top_frames} with {self.model.output!r}"
-            )
-        if not 0.0 < self.optim.mining_top <= 1.0:
-            raise ConfigError(f"optim.mining_top must be in (0, 1], got {self.optim.mining_top}")
-        if not 0.0 <= self.optim.class_weight_power <= 1.0:
-            raise ConfigError(
-                f"optim.class_weight_power must be in [0, 1], got {self.optim.class_weight_power}"
-            )
-        for name in ("hard_negative_weight", "mining_boost", "hard_negative_from_epoch"):
-            if getattr(self.optim, name) < 0:
-                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self.optim, name)}")
-        for name in ("patience", "split_epochs", "warmup_steps", "mining_every"):
-            if getattr(self.optim, name) < 0:
-                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self.optim, name)}")
-        if self.model.output == "sigmoid" and (
-            self.optim.method in ("logit_adjusted", "focal")
-            or (self.optim.method == "cluster" and self.optim.classifier_loss not in SIGMOID_OK)
-        ):
-            raise ConfigError(
-                f"model.output 'sigmoid' trains with one-vs-rest binary cross-entropy: use "
-                f"optim.method (or optim.classifier_loss for 'cluster') in {SIGMOID_OK}"
-            )
-        for name in ("epochs", "batch_size", "refresh_epochs", "embedding_frames", "plot_every"):
-            if getattr(self.optim, name) < 1:
-                raise ConfigError(f"optim.{name} must be >= 1, got {getattr(self.optim, name)}")
-        aug = self.augment
-        if not 0 < aug.context_min_s <= aug.context_max_s or aug.event_max_s <= 0:
-            raise ConfigError(
-                "need 0 < augment.context_min_s <= context_max_s and event_max_s > 0, got "
-                f"{aug.context_min_s}, {aug.context_max_s}, {aug.event_max_s}"
-            )
-        for name in ("mix_prob", "lowpass_prob", "reverb_prob", "eq_prob"):
-            if not 0.0 <= getattr(aug, name) <= 1.0:
-                raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(aug, name)}")
-        if not 0 < aug.lowpass_min_hz <= aug.lowpass_max_hz:
-            raise ConfigError("need 0 < augment.lowpass_min_hz <= lowpass_max_hz")
-        if not 0 < aug.reverb_rt60_min_s <= aug.reverb_rt60_max_s:
-            raise ConfigError("need 0 < augment.reverb_rt60_min_s <= reverb_rt60_max_s")
-        if aug.background_seq_s <= 0 or aug.background_seq_per_epoch < 0:
-            raise ConfigError(
-                "need augment.background_seq_s > 0 and background_seq_per_epoch >= 0, got "
-                f"{aug.background_seq_s}, {aug.background_seq_per_epoch}"
-            )
+        """Refuse inconsistent or out-of-range settings with one line naming the key."""
+        _check_data(self)
+        _check_optim_choices(self)
+        _check_optim_ranges(self)
+        _check_augment(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what checkpoints store)."""
         return dataclasses.asdict(self)
 
     def resolve(self, path: str) -> Path:
@@ -401,6 +303,125 @@ class TrainConfig:
             model=_build(ModelConfig, model_table, "model"),
             augment=_build(AugmentConfig, data.get("augment", {}), "augment"),
             optim=_build(OptimConfig, data.get("optim", {}), "optim"),
+        )
+
+
+def _check_data(config: TrainConfig) -> None:
+    """The labels, manifests and model shape agree."""
+    labels = config.data.labels
+    if not config.data.manifests:
+        raise ConfigError("data.manifests is empty; name at least one manifest CSV")
+    overlap = set(config.data.background_labels) & set(labels)
+    if overlap:
+        raise ConfigError(
+            f"data.background_labels {sorted(overlap)} are classes of data.labels; a label "
+            "is either a class or background"
+        )
+    if len(set(labels)) != len(labels) or len(labels) < 2:
+        raise ConfigError(f"data.labels must be at least 2 distinct names, got {labels}")
+    if config.data.background_label not in labels:
+        raise ConfigError(
+            f"data.background_label {config.data.background_label!r} is not in data.labels {labels}"
+        )
+    ratio = config.data.train_ratio
+    if ratio and (len(ratio) != len(labels) or min(ratio) < 1):
+        raise ConfigError(
+            f"data.train_ratio needs one positive integer per label {labels}, got {ratio}"
+        )
+    if config.model.num_classes != len(labels):
+        raise ConfigError(
+            f"model.num_classes={config.model.num_classes} but data.labels has {len(labels)} "
+            "names; leave model.num_classes out (it follows from the labels)"
+        )
+    if config.model.n_mels != config.features.n_mels:
+        raise ConfigError(
+            f"model.n_mels={config.model.n_mels} differs from features.n_mels="
+            f"{config.features.n_mels}; leave model.n_mels out"
+        )
+
+
+def _check_optim_choices(config: TrainConfig) -> None:
+    """Methods, losses, heads and selection rules are known and compatible."""
+    if config.optim.method not in METHODS:
+        raise ConfigError(f"optim.method must be one of {METHODS}, got {config.optim.method!r}")
+    if config.optim.method == "cluster" and not 0 < config.optim.embed_epochs < config.optim.epochs:
+        raise ConfigError(
+            "optim.embed_epochs must be between 1 and optim.epochs - 1 for 'cluster', got "
+            f"{config.optim.embed_epochs} of {config.optim.epochs}"
+        )
+    if config.optim.classifier_loss not in BASELINE_METHODS:
+        raise ConfigError(
+            f"optim.classifier_loss must be one of {BASELINE_METHODS}, "
+            f"got {config.optim.classifier_loss!r}"
+        )
+    if config.optim.cluster_head not in HEADS:
+        raise ConfigError(
+            f"optim.cluster_head must be one of {HEADS}, got {config.optim.cluster_head!r}"
+        )
+    if config.optim.select_by not in ("error", "low_fp"):
+        raise ConfigError(
+            f"optim.select_by must be 'error' or 'low_fp', got {config.optim.select_by!r}"
+        )
+
+
+def _check_optim_ranges(config: TrainConfig) -> None:
+    """optim's numbers are within their ranges."""
+    if not 0.0 < config.optim.hard_negative_fraction <= 1.0:
+        raise ConfigError(
+            "optim.hard_negative_fraction must be in (0, 1], got "
+            f"{config.optim.hard_negative_fraction}"
+        )
+    if config.optim.event_top_frames < 0 or (
+        config.optim.event_top_frames and config.model.output != "sigmoid"
+    ):
+        raise ConfigError(
+            "optim.event_top_frames must be >= 0, and > 0 only with model.output = "
+            f"'sigmoid'; got {config.optim.event_top_frames} with {config.model.output!r}"
+        )
+    if not 0.0 < config.optim.mining_top <= 1.0:
+        raise ConfigError(f"optim.mining_top must be in (0, 1], got {config.optim.mining_top}")
+    if not 0.0 <= config.optim.class_weight_power <= 1.0:
+        raise ConfigError(
+            f"optim.class_weight_power must be in [0, 1], got {config.optim.class_weight_power}"
+        )
+    for name in ("hard_negative_weight", "mining_boost", "hard_negative_from_epoch"):
+        if getattr(config.optim, name) < 0:
+            raise ConfigError(f"optim.{name} must be >= 0, got {getattr(config.optim, name)}")
+    for name in ("patience", "split_epochs", "warmup_steps", "mining_every"):
+        if getattr(config.optim, name) < 0:
+            raise ConfigError(f"optim.{name} must be >= 0, got {getattr(config.optim, name)}")
+    if config.model.output == "sigmoid" and (
+        config.optim.method in ("logit_adjusted", "focal")
+        or (config.optim.method == "cluster" and config.optim.classifier_loss not in SIGMOID_OK)
+    ):
+        raise ConfigError(
+            f"model.output 'sigmoid' trains with one-vs-rest binary cross-entropy: use "
+            f"optim.method (or optim.classifier_loss for 'cluster') in {SIGMOID_OK}"
+        )
+    for name in ("epochs", "batch_size", "refresh_epochs", "embedding_frames", "plot_every"):
+        if getattr(config.optim, name) < 1:
+            raise ConfigError(f"optim.{name} must be >= 1, got {getattr(config.optim, name)}")
+
+
+def _check_augment(config: TrainConfig) -> None:
+    """augment's probabilities and intervals are within their ranges."""
+    aug = config.augment
+    if not 0 < aug.context_min_s <= aug.context_max_s or aug.event_max_s <= 0:
+        raise ConfigError(
+            "need 0 < augment.context_min_s <= context_max_s and event_max_s > 0, got "
+            f"{aug.context_min_s}, {aug.context_max_s}, {aug.event_max_s}"
+        )
+    for name in ("mix_prob", "lowpass_prob", "reverb_prob", "eq_prob"):
+        if not 0.0 <= getattr(aug, name) <= 1.0:
+            raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(aug, name)}")
+    if not 0 < aug.lowpass_min_hz <= aug.lowpass_max_hz:
+        raise ConfigError("need 0 < augment.lowpass_min_hz <= lowpass_max_hz")
+    if not 0 < aug.reverb_rt60_min_s <= aug.reverb_rt60_max_s:
+        raise ConfigError("need 0 < augment.reverb_rt60_min_s <= reverb_rt60_max_s")
+    if aug.background_seq_s <= 0 or aug.background_seq_per_epoch < 0:
+        raise ConfigError(
+            "need augment.background_seq_s > 0 and background_seq_per_epoch >= 0, got "
+            f"{aug.background_seq_s}, {aug.background_seq_per_epoch}"
         )
 
 

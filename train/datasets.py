@@ -139,6 +139,7 @@ class LabelMap:
         return self.mapping.get(orig_label, self.default)
 
     def __call__(self, orig_label: str) -> str:
+        """The project label of a corpus label; an unknown label is an error naming it."""
         label = self.get(orig_label)
         if label is None:
             raise DatasetError(

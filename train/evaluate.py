@@ -64,6 +64,7 @@ def auc(scores: npt.NDArray[Any], positive: npt.NDArray[np.bool_]) -> float:
 def per_class(
     true: npt.NDArray[np.int64], pred: npt.NDArray[np.int64], labels: Sequence[str]
 ) -> dict[str, Any]:
+    """Confusion matrix, per-class error and overall error of clip predictions."""
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     np.add.at(confusion, (true, pred), 1)
     support = confusion.sum(1)

@@ -422,6 +422,7 @@ class LogitAdjustedLoss(nn.Module):
         self.register_buffer("log_prior", tau * torch.log(counts / counts.sum()))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits shifted by the log class priors."""
         return F.cross_entropy(logits + self.log_prior, targets)
 
 
@@ -433,6 +434,7 @@ class FocalLoss(nn.Module):
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean focal loss of the target classes."""
         log_p = torch.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
         return (-((1.0 - log_p.exp()) ** self.gamma) * log_p).mean()
 
@@ -501,6 +503,7 @@ class HardNegatives(nn.Module):
         self.background_index, self.fraction, self.weight = background_index, fraction, weight
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The base loss plus the weighted term of the hardest background frames."""
         loss = self.base(logits, targets)
         negative = targets == self.background_index
         if not negative.any():
@@ -550,6 +553,10 @@ class PooledEvents(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sequence loss: events on their best frames, background on every frame.
+
+        ``logits`` are (B, T, C), ``targets`` (B, T) with -1 for unscored frames.
+        """
         scored = targets >= 0  # (B, T)
         safe = targets.clamp_min(0)
         onehot = F.one_hot(safe, self.num_classes).to(logits.dtype)  # (B, T, C)

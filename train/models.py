@@ -95,6 +95,7 @@ class ModelConfig:
             raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what checkpoints store)."""
         return dataclasses.asdict(self)
 
 
@@ -235,6 +236,7 @@ class StreamingLSTM(nn.Module):
         self.classifier = _head(config)
 
     def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero LSTM state (h, c) for ``batch`` sequences."""
         shape = (self.config.num_layers, batch, self.config.hidden_size)
         return torch.zeros(shape), torch.zeros(shape)
 
@@ -290,6 +292,7 @@ class CNNClassifier(nn.Module):
         return self.project(x.mean(dim=(2, 3)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits of clip features."""
         return self.classifier(self.dropout(self.embed(features)))
 
 

@@ -15,6 +15,7 @@ __all__ = ["embedding_plot", "training_plots"]
 def training_plots(
     run_dir: Path, history: list[dict[str, Any]], labels: Sequence[str], confusions: dict[str, Any]
 ) -> None:
+    """loss_curves.png (loss and validation error by epoch) and confusion_<part>.png of a run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,6 +63,7 @@ def embedding_plot(
     labels: Sequence[str],
     title: str,
 ) -> None:
+    """A 2-D PCA projection of embeddings coloured by class (and by cluster beside it)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -93,6 +93,7 @@ class RunState:
 
     @property
     def stream_model(self) -> StreamingLSTM | None:
+        """The model when it is the streaming LSTM (long sequences need one), else None."""
         return self.model if isinstance(self.model, StreamingLSTM) else None
 
     def budget(self) -> int:
@@ -109,6 +110,7 @@ class RunState:
         return max(1, round(self.config.optim.batch_size * typical_s / aug.background_seq_s))
 
     def batches_per_epoch(self) -> int:
+        """Batches in one epoch: every event item and the epoch's background share."""
         opt = self.config.optim
         items = self.data.parts["train"]
         backgrounds = sum(c.target == self.data.background_index for c in items)

@@ -37,6 +37,7 @@ class Dataset:
     provenance: dict[str, Any]
 
     def counts(self, part: str) -> list[int]:
+        """Items per class index in ``part``."""
         counts = Counter(item.target for item in self.parts[part])
         return [counts.get(i, 0) for i in range(len(self.labels))]
 

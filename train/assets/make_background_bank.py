@@ -52,6 +52,7 @@ so that every kind has one)."""
 
 
 def main() -> int:
+    """Build the bank from the corpus's licence-clean background (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=CHECKOUT.parent / "shared" / "data")
     parser.add_argument("--minutes", type=float, default=8.0)
