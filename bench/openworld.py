@@ -22,6 +22,10 @@ Usage::
 
     python bench/openworld.py runs/e2_openworld/checkpoint.pt --name e2_openworld \\
         --json bench/results/openworld_e2_openworld.json
+    # a finished model at its own settings, on the test clips it never trained on:
+    python bench/openworld.py --shipped edge_detect/assets/default_model.onnx --name bundled_v01 \\
+        --split-config train/configs/experiments/e2c_tempered.toml \\
+        --trained-on train/configs/default.toml --json bench/results/openworld_bundled_v01.json
 
 Writes the model files, the split and the raw JSON of both commands under ``--work``
 (``runs/openworld/<name>``); the summary JSON to ``--json``.
@@ -94,6 +98,71 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def evaluate_shipped(args: argparse.Namespace) -> dict[str, Any]:
+    """A finished ONNX model at its own settings on ``--split-config``'s test part, less every
+    clip the model trained on (``--trained-on``'s train part): the bundled model's figures."""
+    work = args.work / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    exe = [sys.executable, "-m", "edge_detect"]
+    started = time.monotonic()
+    split, own = work / "split", work / "trained_on"
+    _run([*exe, "data", "split", "--config", str(args.split_config), "--out", str(split)])
+    _run([*exe, "data", "split", "--config", str(args.trained_on), "--out", str(own)])
+    unseen = work / "unseen"
+    left_out = _without(split / "test.csv", own / "train.csv", unseen / "test.csv")
+    print(f"test: {left_out} clip(s) the model trained on left out", file=sys.stderr)
+    test = work / "test_stream.json"
+    _run(
+        [
+            *exe, "eval", "stream", "--model", str(args.shipped), "--manifest",
+            str(unseen / "test.csv"), "--snr-db", "-6", "0", "6", "--seed", "0",
+            "--json", str(test), "--plot", str(work / "test_stream.png"),
+        ]
+    )  # fmt: skip
+    summary = summarise(json.loads(test.read_text()), None)
+    summary.update(
+        name=args.name,
+        model=_relative(args.shipped),
+        split_config=_relative(args.split_config),
+        trained_on=_relative(args.trained_on),
+        test_clips_left_out=left_out,
+        wall_time_s=round(time.monotonic() - started, 1),
+        files=_relative(work),
+    )
+    return summary
+
+
+def _without(manifest: Path, trained: Path, out: Path) -> int:
+    """Write ``manifest`` less the rows whose audio file ``trained`` lists; how many left out.
+
+    Paths in a manifest are relative to its folder, so rows are compared by resolved path and
+    ``out`` is written with absolute paths.
+    """
+    import csv
+
+    def rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader.fieldnames or []), list(reader)
+
+    def resolved(path: Path, row: dict[str, str]) -> str:
+        return str((path.parent / row["path"]).resolve())
+
+    seen = {resolved(trained, row) for row in rows(trained)[1]}
+    fields, test_rows = rows(manifest)
+    keep = [
+        {**row, "path": resolved(manifest, row)}
+        for row in test_rows
+        if resolved(manifest, row) not in seen
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(keep)
+    return len(test_rows) - len(keep)
+
+
 def _relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(CHECKOUT))
@@ -101,15 +170,19 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def summarise(test: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
-    """Per class: the test figures the aims name, and whether each aim holds."""
+def summarise(test: dict[str, Any], calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """Per class: the test figures the aims name, and whether each aim holds.
+
+    ``calibration`` is None for a model evaluated at the settings it ships with.
+    """
     by_ratio = {str(float(s["ratio_db"])): s for s in test["streams"]}
     classes: dict[str, Any] = {}
     for label, fa in test["false_alarms"].items():
+        calibrated = (calibration or {}).get("classes", {}).get(label, {})
         row: dict[str, Any] = {
             "false_alarms_per_hour": fa["per_hour"],
-            "setting": calibration["classes"][label]["setting"],
-            "val_false_alarms_per_hour": calibration["classes"][label]["val_false_alarms_per_hour"],
+            "setting": calibrated.get("setting"),
+            "val_false_alarms_per_hour": calibrated.get("val_false_alarms_per_hour"),
         }
         for ratio, stream in by_ratio.items():
             cell = stream["per_class"][label]
@@ -131,7 +204,7 @@ def summarise(test: dict[str, Any], calibration: dict[str, Any]) -> dict[str, An
     return {
         "event_free_hours": test["event_free_hours"],
         "background_distinct_minutes": test["background_distinct_minutes"],
-        "val_background_distinct_minutes": calibration["background_distinct_minutes"],
+        "val_background_distinct_minutes": (calibration or {}).get("background_distinct_minutes"),
         "classes": classes,
         "false_alarms_by_source": test["false_alarms_by_source"],
         "overall_f1": {str(s["ratio_db"]): s["overall_f1"] for s in test["streams"]},
@@ -197,14 +270,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the summary here")
     parser.add_argument("--redo", action="store_true", help="export and split again")
     parser.add_argument("--table", nargs="+", type=Path, help="only print these summaries")
+    parser.add_argument(
+        "--shipped",
+        type=Path,
+        help="instead of a checkpoint: an ONNX model at its own settings (no calibration)",
+    )
+    parser.add_argument(
+        "--split-config", type=Path, help="with --shipped: the config whose split gives the test"
+    )
+    parser.add_argument(
+        "--trained-on",
+        type=Path,
+        help="with --shipped: the config (or checkpoint) the model trained on; its training "
+        "clips are left out of the test",
+    )
     args = parser.parse_args(argv)
     if args.table:
         print(format_table([json.loads(p.read_text()) for p in args.table]))
         return 0
-    if args.checkpoint is None:
-        parser.error("give a checkpoint, or --table with summary files")
-    args.name = args.name or args.checkpoint.resolve().parent.name
-    summary = evaluate_checkpoint(args)
+    if args.shipped is not None:
+        if args.split_config is None or args.trained_on is None:
+            parser.error("--shipped needs --split-config and --trained-on")
+        args.name = args.name or args.shipped.stem
+        summary = evaluate_shipped(args)
+    elif args.checkpoint is None:
+        parser.error("give a checkpoint, --shipped MODEL, or --table with summary files")
+    else:
+        args.name = args.name or args.checkpoint.resolve().parent.name
+        summary = evaluate_checkpoint(args)
     print(format_table([summary]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
