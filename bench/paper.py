@@ -802,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(
                     f"--ratios: expected positive whole numbers like 6:1:2:16, got {text!r}"
                 )
-        results = _compare(args)
+        results = _compare(args, argv)
     except EdgeDetectError as exc:
         if args.debug:
             raise
@@ -914,7 +914,7 @@ def _host() -> dict[str, Any]:
     }
 
 
-def _compare(args: argparse.Namespace) -> dict[str, Any]:
+def _compare(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
     from train.config import load_config
@@ -966,7 +966,10 @@ def _compare(args: argparse.Namespace) -> dict[str, Any]:
     name = "results_" + "_".join(r.replace(":", "-") for r in args.ratios) + ".json"
     out = args.results_out or args.out / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from edge_detect.provenance import provenance, relative_paths
+
+    results["provenance"] = provenance([__file__, *(sys.argv[1:] if argv is None else argv)])
+    out.write_text(json.dumps(relative_paths(results), indent=2) + "\n", encoding="utf-8")
     log.info("results written to %s", out)
     return results
 

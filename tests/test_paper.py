@@ -337,6 +337,9 @@ def test_the_comparison_trains_then_rescores_its_checkpoints_without_training(
     assert paper.main(common) == 0
     first = capsys.readouterr().out
     results = json.loads((out / "results_1-1-1-2.json").read_text(encoding="utf-8"))
+    # where the figures come from: the command as run, paths relative to the checkout
+    assert results["provenance"]["command"].startswith("python bench/paper.py --preset")
+    assert str(ROOT) not in json.dumps(results)
     summary = results["ratios"]["1:1:1:2"]
     assert set(summary) == {"clean", "mixtures", "band_check", "runs"}
     # what each run cost and where it converged, beside its scores
