@@ -45,15 +45,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the shared virtual microphone and receiver
 
-from vmic import RATE, VirtualMic  # noqa: E402
+from vmic import TONE_CONFIG, VirtualMic, tone_wav  # noqa: E402
 from webhook_receiver import SECRET, Receiver  # noqa: E402
 
-from edge_detect.audio import write_wav  # noqa: E402
 from edge_detect.provenance import provenance, relative_paths  # noqa: E402
 
 TINY = ROOT / "tests" / "fixtures" / "tiny_model.onnx"
@@ -61,19 +58,9 @@ TONE_AT_S = 1.0
 """Where the tone starts in the played clip, seconds."""
 MATCH_WINDOW_S = (-0.5, 3.0)
 """An alert whose start is this close to a tone's start (seconds) belongs to it."""
-CONFIG = """
-[input]
-stall_timeout_s = 1.0
-backoff_max_s = 1.0
-[detection.baby_cry]
-threshold_on = 0.215
-threshold_off = 0.214
-smoothing_ms = 50
-confirm_ms = 100
-[detection.dog_bark]
-enabled = false
-[detection.gun_shot]
-enabled = false
+CONFIG = (
+    TONE_CONFIG
+    + """
 [sinks]
 health_stdout = true
 [sinks.webhook]
@@ -86,6 +73,7 @@ backoff_initial_s = 1
 backoff_max_s = 8
 flush_on_exit_s = 30
 """
+)
 
 
 @dataclass
@@ -122,16 +110,6 @@ class Run:
     flaps: list[tuple[float, float, str]] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def tone_clip(path: Path) -> Path:
-    """3 s: low noise, 1 s of a loud 300 Hz tone at 1 s, low noise."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(0, 0.01, 3 * RATE).astype(np.float32)
-    t = np.arange(RATE) / RATE
-    x[RATE : 2 * RATE] += (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
-    write_wav(path, x, RATE)
-    return path
 
 
 def read_detector(process: subprocess.Popen[str], run: Run, events: queue.Queue[dict]) -> None:
@@ -254,7 +232,7 @@ def main() -> None:
     config.write_text(
         CONFIG.format(outbox=workdir / "outbox.sqlite", url=receiver.url, secret=SECRET)
     )
-    clip = tone_clip(workdir / "tone.wav")
+    clip = tone_wav(workdir / "tone.wav")
     log = workdir / "detector.log"
     run = Run()
     events: queue.Queue[dict] = queue.Queue()

@@ -34,6 +34,7 @@ Writes the model files, the split and the raw JSON of both commands under ``--wo
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -79,15 +80,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
             "--seed", "0", "--out", str(calibrated), "--force", "--json", str(calibration),
         ]
     )  # fmt: skip
-    test = work / "test_stream.json"
-    _run(
-        [
-            *exe, "eval", "stream", "--model", str(calibrated), "--manifest",
-            str(split / "test.csv"), "--snr-db", "-6", "0", "6", "--seed", "0",
-            "--json", str(test), "--plot", str(work / "test_stream.png"),
-        ]
-    )  # fmt: skip
-    summary = summarise(json.loads(test.read_text()), json.loads(calibration.read_text()))
+    test = _test_stream(calibrated, split / "test.csv", work)
+    summary = summarise(test, json.loads(calibration.read_text()))
     summary.update(
         name=args.name,
         checkpoint=_relative(args.checkpoint),
@@ -96,6 +90,19 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
         files=_relative(work),
     )
     return summary
+
+
+def _test_stream(model: Path, manifest: Path, work: Path) -> dict[str, Any]:
+    """``edge-detect eval stream`` of ``model`` on ``manifest`` (JSON and plot under ``work``)."""
+    test = work / "test_stream.json"
+    _run(
+        [
+            sys.executable, "-m", "edge_detect", "eval", "stream", "--model", str(model),
+            "--manifest", str(manifest), "--snr-db", "-6", "0", "6", "--seed", "0",
+            "--json", str(test), "--plot", str(work / "test_stream.png"),
+        ]
+    )  # fmt: skip
+    return json.loads(test.read_text())
 
 
 def evaluate_shipped(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,15 +118,7 @@ def evaluate_shipped(args: argparse.Namespace) -> dict[str, Any]:
     unseen = work / "unseen"
     left_out = _without(split / "test.csv", own / "train.csv", unseen / "test.csv")
     print(f"test: {left_out} clip(s) the model trained on left out", file=sys.stderr)
-    test = work / "test_stream.json"
-    _run(
-        [
-            *exe, "eval", "stream", "--model", str(args.shipped), "--manifest",
-            str(unseen / "test.csv"), "--snr-db", "-6", "0", "6", "--seed", "0",
-            "--json", str(test), "--plot", str(work / "test_stream.png"),
-        ]
-    )  # fmt: skip
-    summary = summarise(json.loads(test.read_text()), None)
+    summary = summarise(_test_stream(args.shipped, unseen / "test.csv", work), None)
     summary.update(
         name=args.name,
         model=_relative(args.shipped),
@@ -138,7 +137,6 @@ def _without(manifest: Path, trained: Path, out: Path) -> int:
     Paths in a manifest are relative to its folder, so rows are compared by resolved path and
     ``out`` is written with absolute paths.
     """
-    import csv
 
     def rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         with open(path, newline="", encoding="utf-8") as handle:

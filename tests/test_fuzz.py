@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
-from webhook_receiver import SECRET
+from webhook_receiver import SECRET, fuzzed_responses
 
 from edge_detect.alerts import Alert
 from edge_detect.config import RuntimeConfig, config_from_dict, load_config
@@ -456,47 +456,6 @@ def test_1000_fuzzed_models_load_or_give_one_clear_error_and_never_alert_nan(
 # -- HTTP responses ----------------------------------------------------------------------------
 
 
-def _fuzzed_responses(count: int, seed: int) -> list[bytes]:
-    """Random bytes, mutated valid answers, odd status lines and headers, redirects."""
-    rng = random.Random(seed)
-    valid = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    codes = [100, 200, 201, 204, 301, 302, 307, 308, 400, 404, 408, 410, 429, 500, 503, 599,
-             600, 999, 0, -1]  # fmt: skip
-    headers = [
-        b"Content-Length: 5", b"Content-Length: -3", b"Content-Length: 99999",
-        b"Content-Length: x", b"Content-Length: \xb2", b"Transfer-Encoding: chunked",
-        b"Retry-After: 2", b"Retry-After: soon", b"Retry-After: \xc2\xb2",
-        "Retry-After: ٣".encode(), b"Retry-After: \xb9", b"Retry-After: 1e999",
-        b"Retry-After: -5", b"Retry-After: Wed, 21 Oct 2015 07:28:00 GMT",
-        b"Retry-After: Wed, 21 Oct 99999 07:28:00 GMT", b"Retry-After: 99999999999999999999",
-        b"Location: http://127.0.0.1:1/elsewhere", b"Location: \xff\xfe",
-        b"X: " + bytes(range(1, 32)),
-        b"NoColonHere", "X-Unicode: ü€😀".encode(),
-    ]  # fmt: skip
-    out = []
-    for _ in range(count):
-        kind = rng.randrange(3)
-        if kind == 0:
-            out.append(rng.randbytes(rng.randrange(0, 300)))
-        elif kind == 1:
-            data = bytearray(valid)
-            for _ in range(rng.randrange(1, 6)):
-                op, at = rng.randrange(3), rng.randrange(len(data) + 1)
-                if op == 0 and at < len(data):
-                    data[at] = rng.randrange(256)
-                elif op == 1:
-                    data[at:at] = rng.randbytes(rng.randrange(1, 8))
-                else:
-                    del data[at:]
-            out.append(bytes(data))
-        else:
-            line = f"HTTP/1.{rng.choice('019')} {rng.choice(codes)} Whatever\r\n".encode()
-            chosen = rng.sample(headers, rng.randrange(0, 4))
-            body = rng.choice([b"", b"ok", b"3\r\nabc\r\n0\r\n\r\n", b"zz\r\n", rng.randbytes(20)])
-            out.append(line + b"\r\n".join(chosen) + b"\r\n\r\n" + body)
-    return out
-
-
 class ScriptedServer:
     """A raw TCP server that reads each request whole and sends the next scripted answer
     (``None``: dribble a 200 one byte every 0.2 s); then 200 OK for good."""
@@ -557,7 +516,7 @@ def test_1000_fuzzed_responses_are_each_classified_within_the_deadline(
     from edge_detect.webhook_endpoint import Backoff, Secret, WebhookEndpoint
     from edge_detect.webhook_http import post
 
-    answers: list[bytes | None] = list(_fuzzed_responses(CASES, seed=1234))
+    answers: list[bytes | None] = list(fuzzed_responses(CASES, seed=1234))
     for at in range(0, CASES, 200):
         answers.insert(at, None)  # dribblers among them
     server = ScriptedServer(answers)
@@ -591,7 +550,7 @@ def test_a_sink_delivering_through_fuzzed_responses_loses_nothing(
     from edge_detect.webhook import WebhookSink
     from edge_detect.webhook_endpoint import Backoff, Secret, WebhookEndpoint
 
-    server = ScriptedServer(_fuzzed_responses(CASES, seed=99))
+    server = ScriptedServer(fuzzed_responses(CASES, seed=99))
     ep = WebhookEndpoint(
         url=f"http://127.0.0.1:{server.port}/hook", secret=Secret(SECRET), name="fuzz",
         timeout_s=0.5, backoff=Backoff(initial_s=0.001, max_s=0.002, jitter=0.0),

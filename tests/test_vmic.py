@@ -22,30 +22,14 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
-from vmic import VirtualMic
+from vmic import RATE, TONE_CONFIG, VirtualMic, tone_wav
 
 from edge_detect.audio import write_wav
 
-RATE = 16_000
 TINY = FIXTURES / "tiny_model.onnx"
 DEFAULT_MODEL = ROOT / "edge_detect" / "assets" / "default_model.onnx"
-TONE_CONFIG = """
-[input]
-stall_timeout_s = 1.0
-backoff_max_s = 1.0
-[detection.baby_cry]
-threshold_on = 0.215
-threshold_off = 0.214
-smoothing_ms = 50
-confirm_ms = 100
-[detection.dog_bark]
-enabled = false
-[detection.gun_shot]
-enabled = false
-"""
 
 MISSING = [tool for tool in ("pulseaudio", "pactl", "paplay", "pacat") if not shutil.which(tool)]
 if not ctypes.util.find_library("portaudio"):
@@ -130,15 +114,6 @@ class Detector:
         while not self.lines.empty():
             self.seen.append(self.lines.get())
         return self.log.read_text()
-
-
-def tone_wav(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    x = rng.normal(0, 0.01, 3 * RATE).astype(np.float32)
-    t = np.arange(RATE) / RATE
-    x[RATE : 2 * RATE] += (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
-    write_wav(path, x, RATE)
-    return path
 
 
 def alerts(detector: Detector) -> list[str]:

@@ -11,7 +11,6 @@ import base64
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import signal
@@ -28,7 +27,7 @@ from pathlib import Path
 import conftest
 import pytest
 from conftest import fill_disk
-from webhook_receiver import SECRET, Receiver
+from webhook_receiver import SECRET, Receiver, fuzzed_responses
 
 from edge_detect.alerts import Alert, HealthEvent
 from edge_detect.errors import ConfigError
@@ -472,52 +471,10 @@ def test_sink_from_sinks_webhook_table(
             webhook_sink_from_settings({"outbox": str(tmp_path / "x.sqlite"), **bad})
 
 
-def _fuzzed_responses(count: int, seed: int = 1234) -> list[bytes]:
-    """Random bytes, mutated valid answers and odd status lines/headers."""
-    rng = random.Random(seed)
-    valid = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    codes = [100, 200, 201, 204, 301, 400, 404, 408, 410, 429, 500, 503, 599, 600, 999, 0, -1]
-    headers = [
-        b"Content-Length: 5",
-        b"Content-Length: -3",
-        b"Content-Length: 99999",
-        b"Content-Length: x",
-        b"Transfer-Encoding: chunked",
-        b"Retry-After: 2",
-        b"Retry-After: soon",
-        b"Retry-After: Wed, 21 Oct 2015 07:28:00 GMT",
-        b"Retry-After: 99999999999999999999",
-        b"X: " + bytes(range(1, 32)),
-        b"NoColonHere",
-    ]
-    out = []
-    for _ in range(count):
-        kind = rng.randrange(3)
-        if kind == 0:
-            out.append(rng.randbytes(rng.randrange(0, 300)))
-        elif kind == 1:
-            data = bytearray(valid)
-            for _ in range(rng.randrange(1, 6)):
-                op, at = rng.randrange(3), rng.randrange(len(data) + 1)
-                if op == 0 and at < len(data):
-                    data[at] = rng.randrange(256)
-                elif op == 1:
-                    data[at:at] = rng.randbytes(rng.randrange(1, 8))
-                else:
-                    del data[at:]
-            out.append(bytes(data))
-        else:
-            line = f"HTTP/1.{rng.choice('019')} {rng.choice(codes)} Whatever\r\n".encode()
-            chosen = rng.sample(headers, rng.randrange(0, 4))
-            body = rng.choice([b"", b"ok", b"3\r\nabc\r\n0\r\n\r\n", b"zz\r\n", rng.randbytes(20)])
-            out.append(line + b"\r\n".join(chosen) + b"\r\n\r\n" + body)
-    return out
-
-
 def test_1000_fuzzed_responses_are_classified_without_a_traceback(tmp_path: Path) -> None:
     """Section 5: malformed webhook responses. Each ends as delivered/retry/dead/gone, never an
     exception, and 'delivered' only when the answer really began with a 2xx status line."""
-    cases = _fuzzed_responses(1000)
+    cases = fuzzed_responses(1000, seed=1234)
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 

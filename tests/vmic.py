@@ -15,9 +15,40 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["RATE", "VirtualMic"]
+import numpy as np
+
+from edge_detect.audio import write_wav
+
+__all__ = ["RATE", "TONE_CONFIG", "VirtualMic", "tone_wav"]
 
 RATE = 16_000
+
+TONE_CONFIG = """
+[input]
+stall_timeout_s = 1.0
+backoff_max_s = 1.0
+[detection.baby_cry]
+threshold_on = 0.215
+threshold_off = 0.214
+smoothing_ms = 50
+confirm_ms = 100
+[detection.dog_bark]
+enabled = false
+[detection.gun_shot]
+enabled = false
+"""
+"""Settings under which the random-weight fixture model (tests/fixtures/tiny_model.onnx) alerts
+``baby_cry`` on :func:`tone_wav`'s tone, quickly noticing a stalled or lost microphone."""
+
+
+def tone_wav(path: Path) -> Path:
+    """3 s: low noise, 1 s of a loud 300 Hz tone at 1 s, low noise (a WAV at :data:`RATE`)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.01, 3 * RATE).astype(np.float32)
+    t = np.arange(RATE) / RATE
+    x[RATE : 2 * RATE] += (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    write_wav(path, x, RATE)
+    return path
 
 
 class VirtualMic:

@@ -16,6 +16,7 @@ connections) and back on the same port.
 from __future__ import annotations
 
 import base64
+import random
 import socket
 import struct
 import threading
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-__all__ = ["SECRET", "Receiver"]
+__all__ = ["SECRET", "Receiver", "fuzzed_responses"]
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 """A valid Standard Webhooks secret for tests and benchmarks."""
@@ -162,3 +163,45 @@ class Receiver:
         """The webhook-id of every request received, retries included, in order."""
         with self.lock:
             return [h["webhook-id"] for _, h, _ in self.received]
+
+
+def fuzzed_responses(count: int, seed: int) -> list[bytes]:
+    """``count`` hostile answers to a webhook POST: random bytes, mutated valid answers, odd
+    status lines and headers (non-ASCII digits in ``Retry-After`` too), redirects."""
+    rng = random.Random(seed)
+    valid = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    codes = [100, 200, 201, 204, 301, 302, 307, 308, 400, 404, 408, 410, 429, 500, 503, 599,
+             600, 999, 0, -1]  # fmt: skip
+    headers = [
+        b"Content-Length: 5", b"Content-Length: -3", b"Content-Length: 99999",
+        b"Content-Length: x", b"Content-Length: \xb2", b"Transfer-Encoding: chunked",
+        b"Retry-After: 2", b"Retry-After: soon", b"Retry-After: \xc2\xb2",
+        "Retry-After: ٣".encode(), b"Retry-After: \xb9", b"Retry-After: 1e999",
+        b"Retry-After: -5", b"Retry-After: Wed, 21 Oct 2015 07:28:00 GMT",
+        b"Retry-After: Wed, 21 Oct 99999 07:28:00 GMT", b"Retry-After: 99999999999999999999",
+        b"Location: http://127.0.0.1:1/elsewhere", b"Location: \xff\xfe",
+        b"X: " + bytes(range(1, 32)),
+        b"NoColonHere", "X-Unicode: ü€😀".encode(),
+    ]  # fmt: skip
+    out = []
+    for _ in range(count):
+        kind = rng.randrange(3)
+        if kind == 0:
+            out.append(rng.randbytes(rng.randrange(0, 300)))
+        elif kind == 1:
+            data = bytearray(valid)
+            for _ in range(rng.randrange(1, 6)):
+                op, at = rng.randrange(3), rng.randrange(len(data) + 1)
+                if op == 0 and at < len(data):
+                    data[at] = rng.randrange(256)
+                elif op == 1:
+                    data[at:at] = rng.randbytes(rng.randrange(1, 8))
+                else:
+                    del data[at:]
+            out.append(bytes(data))
+        else:
+            line = f"HTTP/1.{rng.choice('019')} {rng.choice(codes)} Whatever\r\n".encode()
+            chosen = rng.sample(headers, rng.randrange(0, 4))
+            body = rng.choice([b"", b"ok", b"3\r\nabc\r\n0\r\n\r\n", b"zz\r\n", rng.randbytes(20)])
+            out.append(line + b"\r\n".join(chosen) + b"\r\n\r\n" + body)
+    return out
