@@ -16,7 +16,8 @@ and prints the figures against the aims of BENCHMARKS.md section 2 (per class: a
 alarm per hour, at most 25% of events not detected at +6 dB and 40% at 0 dB, event F1 >= 0.7 at
 +6 dB, no kind of sound above 5 false alarms per hour; onset-to-alert median <= 300 ms for
 dog_bark and gun_shot, <= 1 s for baby_cry). ``--table FILE...`` prints earlier results side by
-side (the "what helped" table).
+side (the "what helped" table); ``--second-stage`` prints what a second-stage verifier could
+make of each first stage (:func:`second_stage_bound`).
 
 Usage::
 
@@ -50,6 +51,10 @@ AIM_F1_PLUS_6 = 0.7
 AIM_SOURCE_FALSE_ALARMS_PER_HOUR = 5.0
 AIM_LATENCY_S = {"dog_bark": 0.3, "gun_shot": 0.3, "baby_cry": 1.0}
 """BENCHMARKS.md section 2's aims now (and section 3's onset-to-alert latency)."""
+VERIFIER_KEEPS_EVENTS = 0.97
+VERIFIER_DROPS_FALSE_ALARMS = 0.95
+"""What commercial second stages report (issue 13: Alexa Guard, Sensory SoundID): of the first
+stage's alerts they keep 97% of the events and drop 95% of the false alarms."""
 
 
 def _run(args: list[str]) -> None:
@@ -198,6 +203,8 @@ def summarise(test: dict[str, Any], calibration: dict[str, Any] | None) -> dict[
         )
         row["worst_source"] = {"kind": worst[1], "per_hour": worst[0]}
         row["aims"] = _aims(label, row)
+        curve = test.get("curves", {}).get(label)
+        row["second_stage"] = second_stage_bound(curve["points"]) if curve else None
         classes[label] = row
     return {
         "event_free_hours": test["event_free_hours"],
@@ -222,6 +229,85 @@ def _aims(label: str, row: dict[str, Any]) -> dict[str, bool]:
         "sources": row["worst_source"]["per_hour"] <= AIM_SOURCE_FALSE_ALARMS_PER_HOUR,
         "latency": at_most(latency, AIM_LATENCY_S.get(label, 1.0)),
     }
+
+
+def _lowest_candidates(points: list[dict[str, Any]], keeps: float) -> dict[str, Any] | None:
+    """The curve point with the fewest alerts per hour whose misses, once a second stage keeps
+    ``keeps`` of the events found, still meet the miss aims; None when no point does."""
+    best: dict[str, Any] | None = None
+    streams = {"+6": "6.0", "0": "0.0"}  # aim key -> the curve's stream key
+    for point in points:
+        found = {key: point["miss_rate"].get(stream) for key, stream in streams.items()}
+        if any(rate is None for rate in found.values()):
+            continue  # no events at that ratio: the point says nothing
+        miss = {key: 1.0 - (1.0 - rate) * keeps for key, rate in found.items()}
+        if any(rate > AIM_MISS_RATE[key] for key, rate in miss.items()):
+            continue
+        if best is None or point["false_alarms_per_hour"] < best["candidates_per_hour"]:
+            best = {
+                "threshold_on": point["threshold_on"],
+                "candidates_per_hour": point["false_alarms_per_hour"],
+                "miss_rate_+6": round(miss["+6"], 4),
+                "miss_rate_0": round(miss["0"], 4),
+            }
+    return best
+
+
+def second_stage_bound(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a second-stage verifier could make of a first stage, from its operating curve.
+
+    A verifier only ever drops alerts, so the first stage must already find the events: its
+    threshold can be no higher than where the curve still meets the miss aims (+6 and 0 dB).
+    ``perfect``: a verifier that keeps every event; the false alarms per hour there are the
+    candidates it must thin to :data:`AIM_FALSE_ALARMS_PER_HOUR`, ``must_drop`` the share of
+    them. ``commercial``: a verifier at the rate commercial ones report
+    (:data:`VERIFIER_KEEPS_EVENTS`, :data:`VERIFIER_DROPS_FALSE_ALARMS`), the false alarms per
+    hour and misses it would leave. Either is None when no threshold meets the miss aims.
+    """
+    perfect = _lowest_candidates(points, 1.0)
+    if perfect is not None:
+        candidates = perfect["candidates_per_hour"]
+        perfect["must_drop"] = (
+            round(max(0.0, 1.0 - AIM_FALSE_ALARMS_PER_HOUR / candidates), 4) if candidates else 0.0
+        )
+    commercial = _lowest_candidates(points, VERIFIER_KEEPS_EVENTS)
+    if commercial is not None:
+        left = commercial["candidates_per_hour"] * (1.0 - VERIFIER_DROPS_FALSE_ALARMS)
+        commercial["false_alarms_per_hour"] = round(left, 3)
+    return {"perfect": perfect, "commercial": commercial}
+
+
+def format_second_stage(summaries: list[dict[str, Any]]) -> str:
+    """Markdown: per result and class, what a second stage could make of the first stage."""
+    lines = [
+        "| run | class | events +6 dB | first stage meets the miss aims from (FA/h, threshold) | "
+        "share a verifier must drop for 1 FA/h | at the commercial rate: FA/h, miss +6 / 0 dB |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for summary in summaries:
+        for label, row in summary["classes"].items():
+            bound = row.get("second_stage")
+            if bound is None:
+                raise SystemExit(
+                    f"{summary['name']}: no operating curves in this summary (written before "
+                    "--second-stage existed); run the evaluation again to add them"
+                )
+            perfect, commercial = bound["perfect"], bound["commercial"]
+            start = (
+                "never (no threshold finds enough)"
+                if perfect is None
+                else f"{perfect['candidates_per_hour']:.0f} (>= {perfect['threshold_on']:g})"
+            )
+            drop = "-" if perfect is None else f"{100 * perfect['must_drop']:.1f}%"
+            left = (
+                "-"
+                if commercial is None
+                else f"{commercial['false_alarms_per_hour']:.1f}, "
+                f"{commercial['miss_rate_+6']:.2f} / {commercial['miss_rate_0']:.2f}"
+            )
+            events = row.get("events", "-")
+            lines.append(f"| {summary['name']} | {label} | {events} | {start} | {drop} | {left} |")
+    return "\n".join(lines)
 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:
@@ -269,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redo", action="store_true", help="export and split again")
     parser.add_argument("--table", nargs="+", type=Path, help="only print these summaries")
     parser.add_argument(
+        "--second-stage",
+        action="store_true",
+        help="with --table: what a second-stage verifier could make of each first stage",
+    )
+    parser.add_argument(
         "--shipped",
         type=Path,
         help="instead of a checkpoint: an ONNX model at its own settings (no calibration)",
@@ -284,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.table:
-        print(format_table([json.loads(p.read_text()) for p in args.table]))
+        summaries = [json.loads(p.read_text()) for p in args.table]
+        print(format_second_stage(summaries) if args.second_stage else format_table(summaries))
         return 0
     if args.shipped is not None:
         if args.split_config is None or args.trained_on is None:
