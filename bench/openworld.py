@@ -280,8 +280,9 @@ def second_stage_bound(points: list[dict[str, Any]]) -> dict[str, Any]:
 def format_second_stage(summaries: list[dict[str, Any]]) -> str:
     """Markdown: per result and class, what a second stage could make of the first stage."""
     lines = [
-        "| run | class | events +6 dB | first stage meets the miss aims from (FA/h, threshold) | "
-        "share a verifier must drop for 1 FA/h | at the commercial rate: FA/h, miss +6 / 0 dB |",
+        "| run | class | events +6 dB | first stage: fewest alerts per hour that meet the miss "
+        "aims, at threshold | share a verifier must drop for 1 FA/h | at the commercial rate: "
+        "FA/h, miss +6 / 0 dB |",
         "|---|---|---:|---|---:|---|",
     ]
     for summary in summaries:
@@ -296,7 +297,7 @@ def format_second_stage(summaries: list[dict[str, Any]]) -> str:
             start = (
                 "never (no threshold finds enough)"
                 if perfect is None
-                else f"{perfect['candidates_per_hour']:.0f} (>= {perfect['threshold_on']:g})"
+                else f"{perfect['candidates_per_hour']:.0f} at {perfect['threshold_on']:g}"
             )
             drop = "-" if perfect is None else f"{100 * perfect['must_drop']:.1f}%"
             left = (

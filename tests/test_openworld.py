@@ -124,7 +124,7 @@ def test_the_second_stage_table_names_the_summaries_it_cannot_read() -> None:
     }
     summary = {**openworld.summarise(test, None), "name": "x"}
     table = openworld.format_second_stage([summary])
-    assert "| x | dog_bark | 10 | 50 (>= 0.5) | 98.0% | 2.5, 0.22 / 0.32 |" in table
+    assert "| x | dog_bark | 10 | 50 at 0.5 | 98.0% | 2.5, 0.22 / 0.32 |" in table
     del summary["classes"]["dog_bark"]["second_stage"]
     with pytest.raises(SystemExit, match="run the evaluation again"):
         openworld.format_second_stage([summary])
