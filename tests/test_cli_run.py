@@ -13,24 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT
+from vmic import TONE_DETECTION
 
 from edge_detect.audio import read_wav, write_wav
 
 RATE = 16_000
 TINY = FIXTURES / "tiny_model.onnx"
-# Detection settings under which the random-weight fixture model alerts on a loud 300 Hz tone
-# (see tests/test_pipeline.py).
-TONE_CONFIG = """
-[detection.baby_cry]
-threshold_on = 0.215
-threshold_off = 0.214
-smoothing_ms = 50
-confirm_ms = 100
-[detection.dog_bark]
-enabled = false
-[detection.gun_shot]
-enabled = false
-"""
 
 
 def planted(seconds: float, tones: list[tuple[float, float]], rate: int = RATE) -> np.ndarray:
@@ -46,7 +34,7 @@ def planted(seconds: float, tones: list[tuple[float, float]], rate: int = RATE) 
 @pytest.fixture
 def tone_config(tmp_path):
     path = tmp_path / "tone.toml"
-    path.write_text(TONE_CONFIG)
+    path.write_text(TONE_DETECTION)
     return path
 
 
@@ -190,7 +178,7 @@ def test_configured_metrics_endpoint_counts_blocks_and_alerts(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = tmp_path / "metrics.toml"
-    config.write_text(TONE_CONFIG + f'[sinks.metrics]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(TONE_DETECTION + f'[sinks.metrics]\nlisten = "127.0.0.1:{port}"\n')
     wav = tmp_path / "tone.wav"
     write_wav(wav, planted(6.0, [(1.0, 1.0)]), RATE)
     process = subprocess.Popen(
@@ -221,7 +209,7 @@ def test_clip_around_each_alert_is_saved_and_named_in_the_alert(tmp_path):
     clips = tmp_path / "clips"
     config = tmp_path / "clips.toml"
     config.write_text(
-        TONE_CONFIG + f'[clips]\ndirectory = "{clips}"\npre_roll_s = 1.0\npost_roll_s = 2.0\n'
+        TONE_DETECTION + f'[clips]\ndirectory = "{clips}"\npre_roll_s = 1.0\npost_roll_s = 2.0\n'
     )
     wav = tmp_path / "tone.wav"
     write_wav(wav, planted(8.0, [(3.0, 1.0)]), RATE)
@@ -348,7 +336,7 @@ def _webhook_config(tmp_path: Path, url: str, outbox: Path) -> Path:
 
     config = tmp_path / "webhook.toml"
     config.write_text(
-        TONE_CONFIG
+        TONE_DETECTION
         + f'[sinks.webhook]\noutbox = "{outbox}"\nflush_on_exit_s = 10\n'
         + f'url = "{url}"\nsecret = "{SECRET}"\nname = "hook"\nbackoff_initial_s = 0.05\n'
     )

@@ -19,14 +19,11 @@ import numpy as np
 
 from edge_detect.audio import write_wav
 
-__all__ = ["RATE", "TONE_CONFIG", "VirtualMic", "tone_wav"]
+__all__ = ["RATE", "TONE_CONFIG", "TONE_DETECTION", "VirtualMic", "tone_wav"]
 
 RATE = 16_000
 
-TONE_CONFIG = """
-[input]
-stall_timeout_s = 1.0
-backoff_max_s = 1.0
+TONE_DETECTION = """
 [detection.baby_cry]
 threshold_on = 0.215
 threshold_off = 0.214
@@ -37,8 +34,17 @@ enabled = false
 [detection.gun_shot]
 enabled = false
 """
-"""Settings under which the random-weight fixture model (tests/fixtures/tiny_model.onnx) alerts
-``baby_cry`` on :func:`tone_wav`'s tone, quickly noticing a stalled or lost microphone."""
+"""Detection settings under which the random-weight fixture model (tests/fixtures/tiny_model.onnx)
+alerts ``baby_cry`` on a loud 300 Hz tone such as :func:`tone_wav`'s."""
+TONE_CONFIG = (
+    """
+[input]
+stall_timeout_s = 1.0
+backoff_max_s = 1.0
+"""
+    + TONE_DETECTION
+)
+""":data:`TONE_DETECTION`, quickly noticing a stalled or lost microphone."""
 
 
 def tone_wav(path: Path) -> Path:
