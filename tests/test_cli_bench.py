@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from conftest import FIXTURES, ROOT
-from test_cli_run import TONE_CONFIG, planted
+from test_cli_run import planted
+from vmic import TONE_DETECTION
 
 from edge_detect.audio import write_wav
 
@@ -20,7 +21,7 @@ def test_bench_reports_every_figure(tmp_path):
     events = tmp_path / "events.csv"
     events.write_text("onset_s,label\n1.0,baby_cry\n")
     config = tmp_path / "tone.toml"
-    config.write_text(TONE_CONFIG)
+    config.write_text(TONE_DETECTION)
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "edge_detect", "bench", "--model", str(TINY), "--input", str(wav),

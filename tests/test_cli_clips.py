@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli_run import RATE, TINY, TONE_CONFIG, edge_detect, lines, planted
+from test_cli_run import RATE, TINY, edge_detect, lines, planted
+from vmic import TONE_DETECTION
 
 from edge_detect.audio import read_wav, write_wav
 from edge_detect.cli_clips import SavedClip, find_clips, select_clips
@@ -25,7 +26,7 @@ def alerted(tmp_path: Path) -> tuple[Path, list[dict]]:
     clips = tmp_path / "clips"
     config = tmp_path / "run.toml"
     config.write_text(
-        TONE_CONFIG + f'[clips]\ndirectory = "{clips}"\npre_roll_s = 1.0\npost_roll_s = 1.0\n'
+        TONE_DETECTION + f'[clips]\ndirectory = "{clips}"\npre_roll_s = 1.0\npost_roll_s = 1.0\n'
     )
     wav = tmp_path / "tones.wav"
     write_wav(wav, planted(16.0, [(3.0, 1.0), (8.0, 1.0), (13.0, 1.0)]), RATE)

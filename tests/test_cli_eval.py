@@ -8,7 +8,8 @@ import sys
 
 import pytest
 from conftest import FIXTURES, ROOT
-from test_cli_run import TONE_CONFIG, planted
+from test_cli_run import planted
+from vmic import TONE_DETECTION
 
 from edge_detect.audio import write_wav
 from edge_detect.errors import DatasetError
@@ -28,7 +29,7 @@ def test_per_clip_top_class_and_per_class_error(tmp_path):
     rows += ["clips/quiet0.wav,dog_bark", "clips/tone0.wav,siren"]  # a miss, a false alert
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     config = tmp_path / "tone.toml"
-    config.write_text(TONE_CONFIG)
+    config.write_text(TONE_DETECTION)
     out = tmp_path / "eval.json"
     result = subprocess.run(
         [sys.executable, "-m", "edge_detect", "eval", "clips", "--model", str(TINY),

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_cli_run import RATE, TINY, TONE_CONFIG, planted
+from test_cli_run import RATE, TINY, planted
+from vmic import TONE_DETECTION
 
 from edge_detect.audio import write_wav
 from edge_detect.config import load_config
@@ -32,7 +33,7 @@ def test_level_is_rms_in_dbfs() -> None:
 
 def _tone_pipeline(tmp_path: Path) -> tuple[Pipeline, WavFileSource]:
     config_path = tmp_path / "tone.toml"
-    config_path.write_text(TONE_CONFIG)
+    config_path.write_text(TONE_DETECTION)
     config = load_config(config_path)
     model = load_model(TINY)
     wav = tmp_path / "tone.wav"
@@ -71,7 +72,7 @@ def test_not_a_terminal_gets_plain_lines_once_a_second(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (apt install tmux)")
 def test_show_draws_in_a_real_terminal_while_stdout_keeps_the_json_lines(tmp_path: Path) -> None:
     config = tmp_path / "tone.toml"
-    config.write_text(TONE_CONFIG)
+    config.write_text(TONE_DETECTION)
     wav = tmp_path / "tones.wav"
     write_wav(wav, planted(6.0, [(2.0, 1.0)]), RATE)
     alerts = tmp_path / "alerts.jsonl"
