@@ -7,6 +7,8 @@ An edge-detect model is one streaming step of a recurrent network::
     ->
     scores    float32 [batch, frames, classes]        per-frame class probabilities
     h_out, c_out                                      the state after the last frame
+    novelty   float32 [batch, frames, 1]              optional: distance of each frame's
+                                                      embedding to the nearest event centroid
 
 ``frames`` is a dynamic axis, so the runtime can feed any number of frames per call (about 100 ms
 at a time) and carry ``(h, c)`` to the next call. The file's metadata (``metadata_props``) holds
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_MODEL_PATH",
     "INPUT_NAMES",
     "METADATA_KEYS",
+    "NOVELTY_OUTPUT",
     "OUTPUT_NAMES",
     "SCHEMA_VERSION",
     "LSTMState",
@@ -69,6 +72,10 @@ INPUT_NAMES = ("features", "h", "c")
 """Graph inputs, in order."""
 OUTPUT_NAMES = ("scores", "h_out", "c_out")
 """Graph outputs, in order."""
+NOVELTY_OUTPUT = "novelty"
+"""Optional fourth output of a model trained with the cluster-centroid method: per frame, ``1 -``
+the cosine of the embedding to the nearest event-class centroid (0 = on a centroid, up to 2): how
+unlike the sounds it was taught a frame is, whatever class the scores favour."""
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "default_model.onnx"
 """The packaged model, exported by ``edge-detect export`` from a trained checkpoint."""
@@ -231,11 +238,14 @@ def _check_graph(session: Any, n_mels: int, n_classes: int, where: str) -> tuple
     inputs, outputs = session.get_inputs(), session.get_outputs()
     input_names = tuple(node.name for node in inputs)
     output_names = tuple(node.name for node in outputs)
-    if input_names != INPUT_NAMES or output_names != OUTPUT_NAMES:
+    if input_names != INPUT_NAMES or output_names not in (
+        OUTPUT_NAMES,
+        (*OUTPUT_NAMES, NOVELTY_OUTPUT),
+    ):
         raise ModelError(
             f"{where}: expected graph inputs {list(INPUT_NAMES)} and outputs "
-            f"{list(OUTPUT_NAMES)}, found inputs {list(input_names)} and outputs "
-            f"{list(output_names)}"
+            f"{list(OUTPUT_NAMES)} (and optionally {NOVELTY_OUTPUT!r}), found inputs "
+            f"{list(input_names)} and outputs {list(output_names)}"
         )
     for node in (*inputs, *outputs):
         if node.type != "tensor(float)":
@@ -245,7 +255,14 @@ def _check_graph(session: Any, n_mels: int, n_classes: int, where: str) -> tuple
                 f"{where}: {node.name!r} must have 3 axes, found shape {_describe(_dims(node))}"
             )
     features, h, c = (_dims(node) for node in inputs)
-    scores, h_out, c_out = (_dims(node) for node in outputs)
+    scores, h_out, c_out = (_dims(node) for node in outputs[:3])
+    if len(outputs) == 4:
+        novelty = _dims(outputs[3])
+        if novelty[2] != 1 or _is_fixed(novelty[1]):
+            raise ModelError(
+                f"{where}: output {NOVELTY_OUTPUT!r} must be [batch, frames, 1], found "
+                f"{_describe(novelty)}"
+            )
     if features[2] != n_mels or _is_fixed(features[1]):
         raise ModelError(
             f"{where}: input 'features' must be [batch, frames, {n_mels}] with a dynamic frames "
@@ -353,7 +370,13 @@ class StreamingModel:
         self.model_id = f"{name}-{self.sha256[:_ID_HASH_CHARS]}"
         """Short identifier for logs and alerts: name and the start of the file's SHA-256."""
         self._state = self.initial_state()
-        self._outputs = list(OUTPUT_NAMES)  # named: the wrapper need not list them each call
+        # named: the wrapper need not list them each call
+        self._outputs = [node.name for node in self._session.get_outputs()]
+        self.has_novelty: bool = NOVELTY_OUTPUT in self._outputs
+        """Whether the model reports :data:`NOVELTY_OUTPUT` (a cluster-centroid model)."""
+        self.last_novelty: FloatArray | None = None
+        """The novelty of each frame of the last :meth:`step` (frames,), or None when the model
+        has no such output."""
         self._check_probabilities(where)
 
     # -- state -------------------------------------------------------------------------------
@@ -380,6 +403,7 @@ class StreamingModel:
     def reset(self) -> None:
         """Start a new stream: the next step begins from the initial state."""
         self._state = self.initial_state()
+        self.last_novelty = None
 
     def state_magnitude(self) -> float:
         """Largest ``|c|`` of the current state (a drift/saturation indicator), without the
@@ -424,12 +448,16 @@ class StreamingModel:
                 f"step() expects features of shape (frames, {self.n_mels}), got {x.shape}"
             )
         if x.shape[0] == 0:
+            if self.has_novelty:
+                self.last_novelty = np.zeros(0, dtype=np.float32)
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        scores, h_out, c_out = self._session.run(
+        scores, h_out, c_out, *novelty = self._session.run(
             self._outputs,
             {"features": np.ascontiguousarray(x[None]), "h": self._state.h, "c": self._state.c},
         )
         self._state = LSTMState(h_out, c_out)
+        if novelty:
+            self.last_novelty = np.asarray(novelty[0][0, :, 0], dtype=np.float32)
         return np.asarray(scores[0], dtype=np.float32)
 
     def _check_probabilities(self, where: str) -> None:

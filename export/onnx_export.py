@@ -32,12 +32,18 @@ from edge_detect import __version__, calibrate
 from edge_detect.detect import ClassDetection
 from edge_detect.errors import CheckpointError, ModelError
 from edge_detect.features import FeatureConfig
-from edge_detect.model import INPUT_NAMES, METADATA_KEYS, OUTPUT_NAMES, SCHEMA_VERSION
+from edge_detect.model import (
+    INPUT_NAMES,
+    METADATA_KEYS,
+    NOVELTY_OUTPUT,
+    OUTPUT_NAMES,
+    SCHEMA_VERSION,
+)
 from edge_detect.provenance import provenance as build_provenance
 from edge_detect.provenance import relative_paths
 from export.limits import PARITY_CHUNK_FRAMES, PARITY_TOLERANCE
 from train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from train.models import StreamingLSTM, probabilities
+from train.models import CentroidHead, StreamingLSTM, probabilities
 
 __all__ = [
     "OPSET",
@@ -49,8 +55,10 @@ __all__ = [
     "build_metadata",
     "check_parity",
     "default_detection",
+    "event_classes",
     "export_checkpoint",
     "export_model",
+    "has_novelty",
     "write_metadata",
 ]
 
@@ -71,18 +79,41 @@ class ParityError(ModelError):
 
 class ScoresModel(nn.Module):
     """The streaming LSTM with its output function on top (softmax, or sigmoid per class):
-    (features, h, c) -> (probabilities, h_out, c_out)."""
+    (features, h, c) -> (probabilities, h_out, c_out).
 
-    def __init__(self, model: StreamingLSTM) -> None:
+    A model with a centroid head (trained with the cluster-centroid method) also returns
+    ``novelty`` (B, T, 1), the distance of each frame's embedding to the nearest prototype of an
+    event class (:meth:`train.models.CentroidHead.novelty`): a score for "unlike anything I was
+    taught" that the runtime can read beside the class probabilities.
+    """
+
+    def __init__(self, model: StreamingLSTM, event_classes: Sequence[int] = ()) -> None:
         super().__init__()
         self.model = model
+        self.event_classes = list(event_classes) if has_novelty(model) else []
 
     def forward(
         self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Scores and the new state of one chunk: ``(B, T, F), h, c -> (B, T, C), h, c``."""
-        logits, h_out, c_out = self.model(features, h, c)  # (B, T, C), (L, B, H), (L, B, H)
-        return probabilities(logits, self.model.config.output), h_out, c_out
+    ) -> tuple[torch.Tensor, ...]:
+        """Scores and the new state of one chunk: ``(B, T, F), h, c -> (B, T, C), h, c``, and
+        ``(B, T, 1)`` novelty when the model has a centroid head."""
+        emb, h_out, c_out = self.model.embed(features, h, c)  # (B, T, E), (L, B, H), (L, B, H)
+        head = self.model.classifier
+        scores = probabilities(head(emb), self.model.config.output)
+        if not self.event_classes:
+            return scores, h_out, c_out
+        assert isinstance(head, CentroidHead)
+        return scores, h_out, c_out, head.novelty(emb, self.event_classes)
+
+
+def has_novelty(model: nn.Module) -> bool:
+    """Whether the exported step of ``model`` carries a ``novelty`` output (a centroid head)."""
+    return isinstance(getattr(model, "classifier", None), CentroidHead)
+
+
+def event_classes(labels: Sequence[str]) -> list[int]:
+    """Indices of the labels that are events (every label but ``background``)."""
+    return [i for i, label in enumerate(labels) if label != _BACKGROUND_LABEL]
 
 
 def default_detection(
@@ -157,7 +188,9 @@ def export_model(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ScoresModel(model).eval()
+    wrapper = ScoresModel(model, event_classes(json.loads(metadata[METADATA_KEYS["labels"]])))
+    wrapper = wrapper.eval()
+    output_names = list(OUTPUT_NAMES) + ([NOVELTY_OUTPUT] if wrapper.event_classes else [])
     config = model.config
     features = torch.zeros(1, example_frames, config.n_mels)
     h, c = model.initial_state(1)
@@ -168,6 +201,7 @@ def export_model(
         "scores": {0: "batch", 1: "frames"},
         "h_out": {1: "batch"},
         "c_out": {1: "batch"},
+        NOVELTY_OUTPUT: {0: "batch", 1: "frames"},
     }
     with torch.no_grad(), warnings.catch_warnings():
         # Chosen on purpose (see the module docstring): the TorchScript exporter keeps the frames
@@ -182,8 +216,10 @@ def export_model(
             (features, h, c),
             str(path),
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic_axes,
+            output_names=output_names,
+            dynamic_axes={
+                k: v for k, v in dynamic_axes.items() if k in INPUT_NAMES + tuple(output_names)
+            },
             opset_version=OPSET,
             dynamo=False,  # the dynamo exporter would fix the frames axis (see module docstring)
         )
@@ -270,8 +306,9 @@ def check_parity(
         the message.
     """
     model = model.eval()
-    wrapper = ScoresModel(model).eval()
     session = _ort_session(onnx_path)
+    labels = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEYS["labels"]])
+    wrapper = ScoresModel(model, event_classes(labels)).eval()
     rng = np.random.default_rng(seed)
     layers, hidden = model.config.num_layers, model.config.hidden_size
     report = ParityReport(tolerance=tolerance)
@@ -291,10 +328,16 @@ def check_parity(
         return list(session.run(None, {"features": x, "h": h, "c": c}))
 
     def compare(what: str, a: list[np.ndarray], b: list[np.ndarray]) -> None:
-        if a[0].shape != b[0].shape:
-            raise ParityError(f"{what}: scores of shape {a[0].shape} vs {b[0].shape}")
+        if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=False)):
+            raise ParityError(
+                f"{what}: outputs of shapes {[x.shape for x in a]} vs {[y.shape for y in b]}"
+            )
         state = max(_max_diff(a[1], b[1]), _max_diff(a[2], b[2]))
-        report.rows.append((what, _max_diff(a[0], b[0]), state))
+        # the scores column covers every per-frame output: the probabilities and the novelty
+        frame = max(
+            _max_diff(x, y) for i, (x, y) in enumerate(zip(a, b, strict=True)) if i not in (1, 2)
+        )
+        report.rows.append((what, frame, state))
 
     for frames in chunk_frames:
         x = _realistic_features(model, 1, frames, rng)
@@ -310,11 +353,13 @@ def check_parity(
     compare(f"torch vs onnx, {_STREAM_FRAMES} frames", run_torch(x, h0, c0), whole)
     for frames in chunk_frames:
         h, c = h0, c0
-        parts = []
+        parts: list[list[np.ndarray]] = []
         for start in range(0, _STREAM_FRAMES, frames):
-            scores, h, c = run_onnx(x[:, start : start + frames], h, c)
-            parts.append(scores)
-        chunked = [np.concatenate(parts, axis=1), h, c]
+            out = run_onnx(x[:, start : start + frames], h, c)
+            h, c = out[1], out[2]
+            parts.append([out[0], *out[3:]])
+        joined = [np.concatenate(per_frame, axis=1) for per_frame in zip(*parts, strict=True)]
+        chunked = [joined[0], h, c, *joined[1:]]
         compare(f"onnx chunks of {frames} vs one call, {_STREAM_FRAMES} frames", chunked, whole)
 
     if not report.passed:

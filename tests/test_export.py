@@ -359,6 +359,49 @@ def test_centroid_head_and_sigmoid_scores_export_with_parity(tmp_path: Path, out
         assert np.abs(got.sum(1) - 1.0).max() > 1e-2
 
 
+def test_centroid_head_exports_novelty_to_the_nearest_event_centroid(tmp_path: Path) -> None:
+    # the rejection score of issue 14: 1 - cosine to the nearest prototype of an event class
+    # (background's 16 prototypes do not count), per frame, through the runtime loader
+    config = ModelConfig(
+        n_mels=40, num_classes=4, hidden_size=16, embedding_dim=8, head="centroid",
+        head_clusters=[6, 1, 2, 16],
+    )  # fmt: skip
+    model = _model(config, seed=3)
+    checkpoint = _checkpoint(tmp_path / "centroid.pt", model)
+    path, report, _ = export_checkpoint(checkpoint, tmp_path / "centroid.onnx")
+    assert report.passed and report.worst < 1e-4, report.format()
+    runtime = load_model(path)
+    assert runtime.has_novelty and runtime.last_novelty is None
+    x = np.random.default_rng(5).normal(-10, 3, (61, 40)).astype(np.float32)
+    got = []
+    for part in (x[:9], x[9:10], x[10:]):  # chunked, the state carried
+        runtime.step(part)
+        assert runtime.last_novelty is not None and runtime.last_novelty.shape == (len(part),)
+        got.append(runtime.last_novelty)
+    with torch.no_grad():
+        emb = model.embed(torch.from_numpy(x[None]))[0][0].numpy()  # (T, E)
+    prototypes = model.classifier.weight.detach().numpy()[:9]  # dog 6, cry 1, gun 2
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    protos = prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True)
+    expected = 1.0 - (unit @ protos.T).max(1)
+    np.testing.assert_allclose(np.concatenate(got), expected, atol=1e-5)
+    assert 0.0 <= expected.min() and expected.max() <= 2.0
+    # a frame on an event prototype has novelty 0: the head alone, in torch
+    on_prototype = torch.from_numpy(3.0 * prototypes[6:7])  # the crying prototype, scaled
+    with torch.no_grad():
+        assert float(model.classifier.novelty(on_prototype, [0, 1, 2])) == pytest.approx(
+            0, abs=1e-6
+        )
+        assert float(model.classifier.novelty(on_prototype, [0, 2])) > 1e-3  # without crying's
+
+
+def test_a_linear_head_has_no_novelty_output(exported) -> None:
+    _, path, _ = exported
+    runtime = load_model(path)
+    runtime.step(np.zeros((3, runtime.n_mels), dtype=np.float32))
+    assert not runtime.has_novelty and runtime.last_novelty is None
+
+
 def test_an_unknown_score_kind_is_refused(exported, tmp_path: Path) -> None:
     _, path, _ = exported
     model = onnx.load(str(path))

@@ -106,6 +106,7 @@ MODULES = {
         "INPUT_NAMES",
         "LSTMState",
         "METADATA_KEYS",
+        "NOVELTY_OUTPUT",
         "OUTPUT_NAMES",
         "SCHEMA_VERSION",
         "StreamingModel",

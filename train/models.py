@@ -167,6 +167,22 @@ class CentroidHead(nn.Module):
         self.log_scale.fill_(math.log(2.0 / temperature))
         self.bias.copy_(-torch.log(self.membership.sum(0)))
 
+    def novelty(self, emb: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+        """How unlike every prototype of ``classes`` the embeddings (..., E) are: ``1 - max_k
+        cos(z, w_k)`` over those prototypes, shape (..., 1), in [0, 2] (0 = on a prototype).
+
+        With the event classes, this is the distance to the nearest event centroid the embedding
+        stage pulled that class's examples towards: a sound the model was never taught can score
+        high here even where the softmax, which must pick *some* class, is confident.
+        """
+        owners = self.membership.argmax(1)
+        keep = [k for k, owner in enumerate(owners.tolist()) if owner in set(classes)]
+        if not keep:
+            raise ValueError(f"no prototypes of classes {list(classes)} in this head")
+        prototypes = F.normalize(self.weight[keep], dim=-1)  # (K', E)
+        cos = F.normalize(emb, dim=-1) @ prototypes.T  # (..., K')
+        return 1.0 - cos.max(dim=-1, keepdim=True).values
+
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         """Logits (..., C) of embeddings (..., E)."""
         cos = F.normalize(emb, dim=-1) @ F.normalize(self.weight, dim=-1).T  # (..., K)
