@@ -356,7 +356,9 @@ class _Runner:
         for section, key, value in _sets_for(args, method):
             overrides.setdefault(section, {})[key] = value
         config = load_config(preset, overrides)
-        path = args.out / "-".join(map(str, ratio)) / method / f"seed{seed}" / "checkpoint.pt"
+        where = Path("-".join(map(str, ratio))) / method / f"seed{seed}"
+        path = args.out / where / "checkpoint.pt"
+        record = args.scores / f"{where}.npz" if args.scores else None
         saved = load_checkpoint(path) if args.reuse and path.is_file() else None
         # Through from_dict so that keys added since (with their defaults) do not count as changes.
         if saved is not None and (
@@ -364,6 +366,12 @@ class _Runner:
         ):
             log.info("%s was trained with another config", path)
             saved = None
+        if saved is None and args.reuse and record is not None and record.is_file():
+            kept = load_scores(record, config.to_dict())
+            if kept is not None:
+                log.info("reusing the scores kept in %s", record)
+                return kept
+            log.info("%s holds the scores of another config", record)
         if saved is None:
             if args.score_only:
                 raise CheckpointError(
@@ -388,7 +396,7 @@ class _Runner:
         probs[~is_mixed] = clean.probs[mixtures.clean_index[~is_mixed]]
         groups = np.asarray([item.clip.group for item in mixtures.items])
         targets = np.asarray([item.target for item in mixtures.items], dtype=np.int64)
-        return {
+        run = {
             "clean": clean,
             "mixtures": Scored(groups, targets, probs, mixtures.ratio_db),
             "band_check": _band_check(model, data, config),
@@ -398,6 +406,66 @@ class _Runner:
             "best_embedding_epoch": saved["metrics"].get("best_embedding_epoch"),
             "wall_time_s": saved["metrics"].get("wall_time_s"),
         }
+        if record is not None:
+            save_scores(record, run, config.to_dict())
+        return run
+
+
+# ---------------------------------------------------------------- kept scores
+
+_CONDITIONS = ("clean", "mixtures")
+
+
+def save_scores(path: Path, run: dict[str, Any], config: dict[str, Any]) -> None:
+    """Keep what the summaries need of one scored run (its test probabilities per condition, the
+    band check and :data:`RUN_FACTS`) with its config, in a small ``.npz``.
+
+    Checkpoints live in run folders that a new machine does not have (and training is not
+    bit-reproducible across machines), so these records are how seeds of one comparison add up
+    over several sessions: ``--reuse`` takes a run from its record when its checkpoint is gone.
+    """
+    arrays: dict[str, Any] = {
+        "config": np.asarray(json.dumps(config, sort_keys=True)),
+        "facts": np.asarray(
+            json.dumps({k: run.get(k) for k in (*RUN_FACTS, "band_check")}, sort_keys=True)
+        ),
+    }
+    for condition in _CONDITIONS:
+        scored: Scored = run[condition]
+        arrays |= {
+            f"{condition}_groups": scored.groups.astype(str),
+            f"{condition}_targets": scored.targets.astype(np.int64),
+            f"{condition}_probs": scored.probs.astype(np.float32),
+            f"{condition}_ratio_db": scored.ratio_db.astype(np.float64),
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pending = path.with_name(path.name + ".pending.npz")
+    np.savez_compressed(pending, **arrays)
+    pending.replace(path)
+
+
+def load_scores(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run kept by :func:`save_scores` at ``path``, or None when it was of another config."""
+    from train.config import TrainConfig
+
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            arrays = {name: kept[name] for name in kept.files}
+        # through from_dict, so that keys added since (with their defaults) are no change
+        stored = TrainConfig.from_dict(json.loads(str(arrays["config"]))).to_dict()
+    except (OSError, ValueError, KeyError) as exc:
+        raise DatasetError(
+            f"{path} is not a scores record of bench/paper.py ({exc}); delete it to train the "
+            "run again"
+        ) from None
+    if stored != config:
+        return None
+    run: dict[str, Any] = json.loads(str(arrays["facts"]))
+    for condition in _CONDITIONS:
+        run[condition] = Scored(
+            *(arrays[f"{condition}_{part}"] for part in ("groups", "targets", "probs", "ratio_db"))
+        )
+    return run
 
 
 # ---------------------------------------------------------------- summaries
@@ -744,6 +812,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="score finished runs of the same config in --out instead of training them again "
         "(to add seeds, methods or metrics to an earlier comparison)",
+    )
+    parser.add_argument(
+        "--scores",
+        type=Path,
+        default=None,
+        help="keep every scored run's test probabilities here (<ratio>/<method>/seed<N>.npz, "
+        "small enough for git); with --reuse a run whose checkpoint is gone is taken from its "
+        "record, so seeds add up across machines and sessions",
     )
     parser.add_argument(
         "--score-only",

@@ -383,6 +383,42 @@ def test_the_comparison_trains_then_rescores_its_checkpoints_without_training(
     assert capsys.readouterr().out.splitlines()[1:] == first.splitlines()[1:]
 
 
+def test_kept_scores_stand_in_for_checkpoints_a_new_machine_does_not_have(
+    tiny_preset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, kept = tmp_path / "runs", tmp_path / "kept"
+    common = ["--preset", str(tiny_preset), "--ratios", "1:1:1:2", "--seeds", "1"]
+    common += ["--epochs", "2", "--methods", "weighted_ce", "cluster", "--embed-epochs", "1"]
+    common += ["--scores", str(kept)]
+    first_out = tmp_path / "first.json"
+    assert paper.main([*common, "--out", str(out), "--results-out", str(first_out)]) == 0
+    capsys.readouterr()
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*.npz")) == [
+        "1-1-1-2/cluster/seed0.npz",
+        "1-1-1-2/weighted_ce/seed0.npz",
+    ]
+    # another machine: no run folders, only the records; nothing trains, the figures are equal
+    elsewhere = tmp_path / "elsewhere"
+    again = tmp_path / "again.json"
+    args = [
+        *common,
+        "--out",
+        str(elsewhere),
+        "--reuse",
+        "--score-only",
+        "--results-out",
+        str(again),
+    ]
+    assert paper.main(args) == 0
+    assert not elsewhere.exists()
+    first = json.loads(first_out.read_text(encoding="utf-8"))
+    assert json.loads(again.read_text(encoding="utf-8"))["ratios"] == first["ratios"]
+    # a record of another config is not taken for this one
+    other = [*args[:-2], "--results-out", str(tmp_path / "x.json"), "--set", "optim.lr=0.002"]
+    assert paper.main(other) == 2
+    assert "--score-only: no finished run" in capsys.readouterr().err
+
+
 def test_a_malformed_ratio_is_refused_before_anything_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
