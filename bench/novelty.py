@@ -48,9 +48,9 @@ sys.path.insert(0, str(CHECKOUT))
 from edge_detect.errors import EdgeDetectError  # noqa: E402
 from edge_detect.features import log_mel  # noqa: E402
 from edge_detect.model import StreamingModel, load_model  # noqa: E402
-from edge_detect.streams import load_clip, read_manifests  # noqa: E402
+from edge_detect.streams import BACKGROUND, load_clip, read_manifests  # noqa: E402
+from train.evaluate import auc  # noqa: E402
 
-BACKGROUND = "background"
 KEEP = 0.95
 """Share of the validation events passing the threshold that each gate keeps."""
 
@@ -87,12 +87,10 @@ def clip_peaks(model: StreamingModel, manifest: Path) -> dict[str, Any]:
 
 
 def _auc(high: npt.ArrayLike, low: npt.ArrayLike) -> float | None:
-    """P(a value of ``high`` > a value of ``low``), ties half: the Mann-Whitney ROC AUC."""
+    """P(a value of ``high`` > a value of ``low``), ties half (ROC AUC); None if one is empty."""
     a, b = np.asarray(high, dtype=float), np.asarray(low, dtype=float)
-    if a.size == 0 or b.size == 0:
-        return None
-    greater = (a[:, None] > b[None, :]).sum() + 0.5 * (a[:, None] == b[None, :]).sum()
-    return float(greater / (a.size * b.size))
+    value = auc(np.concatenate([a, b]), np.arange(a.size + b.size) < a.size)
+    return None if np.isnan(value) else value
 
 
 def gate_report(

@@ -175,8 +175,9 @@ class CentroidHead(nn.Module):
         stage pulled that class's examples towards: a sound the model was never taught can score
         high here even where the softmax, which must pick *some* class, is confident.
         """
-        owners = self.membership.argmax(1)
-        keep = [k for k, owner in enumerate(owners.tolist()) if owner in set(classes)]
+        wanted = set(classes)
+        owners = self.membership.argmax(1).tolist()
+        keep = [k for k, owner in enumerate(owners) if owner in wanted]
         if not keep:
             raise ValueError(f"no prototypes of classes {list(classes)} in this head")
         prototypes = F.normalize(self.weight[keep], dim=-1)  # (K', E)
